@@ -1,0 +1,66 @@
+"""Compile the fake librkllmrt for one ABI.
+
+The single place that knows the fake runtime's sources and compiler flags. Used by
+``setup.py`` (the package build ships ``rkllm_sdk/_fake/librkllmrt-fake-<abi>.so``) and by
+CI's sanitizer job, which builds an ASan/UBSan copy elsewhere::
+
+    python fake_runtime/build_fake.py --out-dir build/asan --sanitize
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ABIS = ("1.2", "1.3")
+SOURCES = sorted((HERE / "src").glob("*.c"))
+WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wstrict-prototypes"]
+CFLAGS = ["-std=c11", "-O2", "-g", "-fPIC", "-pthread", "-fvisibility=hidden", *WARNINGS]
+SANITIZE = ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer"]
+
+
+def library_name(abi: str) -> str:
+    """File name of the fake runtime for ``abi`` ("1.2" or "1.3")."""
+    return f"librkllmrt-fake-{abi}.so"
+
+
+def compiler() -> list[str]:
+    """The C compiler: $CC if set (may carry flags), else cc."""
+    return shlex.split(os.environ.get("CC", "cc"))
+
+
+def build(abi: str, out: Path, *, sanitize: bool = False, extra: list[str] | None = None) -> Path:
+    """Compile and link the fake for ``abi`` into ``out``; raises CalledProcessError on failure."""
+    if abi not in ABIS:
+        raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flags = [*CFLAGS, *(SANITIZE if sanitize else []), *(extra or [])]
+    cmd = [
+        *compiler(), *flags, f"-DRKLLM_ABI={abi.replace('.', '')}",
+        f"-I{HERE / 'include'}", *map(str, SOURCES),
+        "-shared", "-Wl,-z,defs", "-o", str(out), "-lm",
+    ]
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--sanitize", action="store_true", help="build with ASan and UBSan")
+    parser.add_argument("--abi", choices=ABIS, action="append", help="default: both")
+    args = parser.parse_args(argv)
+    for abi in args.abi or ABIS:
+        path = build(abi, args.out_dir / library_name(abi), sanitize=args.sanitize)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

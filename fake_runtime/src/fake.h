@@ -1,0 +1,134 @@
+/* fake.h: the fake runtime's handle and run state, shared by api.c and run.c. */
+#ifndef FAKE_FAKE_H
+#define FAKE_FAKE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "json.h"
+#include "model.h"
+#include "rkllm.h"
+#include "rkllm_fake.h"
+#include "util.h"
+
+#if RKLLM_ABI == 12
+#define FK_VERSION "1.2.3"
+#else
+#define FK_VERSION "1.3.0"
+#endif
+
+#define MAX_BATCH 8
+#define TEXT_CAP 64         /* bytes of one token's text (longest piece is 12) */
+#define POISON_BYTE 0x7E    /* '~': what a stale text pointer reads after its callback */
+
+typedef struct {
+    int32_t top_k;
+    float top_p, temperature, repeat_penalty, frequency_penalty, presence_penalty;
+    int32_t mirostat;
+    float mirostat_tau, mirostat_eta;
+} sampling;
+
+typedef struct {
+    char* name;
+    char* path;
+    float scale;
+} lora_entry;
+
+typedef struct {
+    int32_t* tokens; /* what the KV cache holds, in position order */
+    size_t n;
+    size_t sys_len;  /* leading tokens that belong to the system prompt */
+} kv_state;
+
+typedef struct { /* one run's request, copied when rkllm_run is called */
+    int n_batch;
+    RKLLMInput inputs[MAX_BATCH];
+    int mode;
+    int keep_history;
+    long max_new_tokens;
+    sampling samp;
+    const lora_entry* lora;
+    char* cache_save_path;
+    void* userdata;
+} job_t;
+
+typedef struct fake_handle {
+    int refs; /* guarded by the registry lock */
+    fake_model model;
+    int max_context_len;
+    int max_new_tokens;
+    int n_keep;
+    int n_batch;
+    int use_cross_attn;
+    int ignore_eos;
+    sampling samp;
+    char* img_start; /* 1.2: from RKLLMParam */
+    char* img_end;
+    char* img_content;
+
+    LLMResultCallback result_cb;
+    void* result_ud;
+#if RKLLM_ABI == 13
+    LLMTokenizerCallback tokenizer_cb;
+    void* tokenizer_ud;
+    LLMGetEmbedCallback embed_cb;
+    void* embed_ud;
+#endif
+
+    int custom_template;
+    char* tpl_system;
+    char* tpl_prefix;
+    char* tpl_postfix;
+
+    json* tools; /* parsed tools array, or NULL */
+    char* tools_json;
+    char* tools_system;
+    char* tool_response;
+
+    lora_entry* loras;
+    size_t n_loras;
+
+    int32_t* pcache; /* loaded prompt cache tokens */
+    size_t pcache_n;
+    int pcache_loaded;
+
+    RKLLMCrossAttnParam cross;
+    int cross_set;
+
+    kv_state kv[MAX_BATCH];
+    int paused;              /* the last run ended by a callback returning 1 */
+    int paused_keep_history; /* ... and that run's keep_history */
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;  /* a job is waiting, or quit */
+    pthread_cond_t done_cv;  /* a job finished */
+    pthread_cond_t sleep_cv; /* abort wakes sleeping prefill / decode */
+    int has_job, running, quit;
+    uint64_t job_seq, done_seq;
+    int last_rc;
+    atomic_int abort_flag;
+    job_t job;
+
+    char text[MAX_BATCH][TEXT_CAP];
+    RKLLMResult results[MAX_BATCH];
+    float* out_buf; /* logits / hidden states handed to the callback */
+    size_t out_cap; /* floats */
+    sbuf last_input; /* JSON, guarded by mu */
+    int has_last_input;
+} fake_handle;
+
+/* Process-wide counters behind rkllm_fake_stats. */
+typedef struct {
+    atomic_llong live_handles, runs_started, runs_finished, callbacks, aborts, buffer_releases,
+        kv_shifts, tokenizer_calls, embed_calls;
+} fake_counters;
+extern fake_counters g_counters;
+
+/* Runs h->job on the handle's thread; returns rkllm_run's return code. */
+int run_execute(fake_handle* h);
+/* Sleeps until deadline (now_ms clock) unless aborted first; returns 1 if aborted. */
+int sleep_until(fake_handle* h, double deadline_ms);
+void kv_clear(fake_handle* h, int keep_system_prompt);
+
+#endif

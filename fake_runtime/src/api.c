@@ -12,19 +12,22 @@ static const char fk_banner[] = "rkllm-runtime version: " FK_VERSION;
 
 fake_counters g_counters;
 
-/* ---- handle registry: a handle is valid only while listed here ------------------------ */
+/* ---- handle registry: a handle is valid only while listed here ------------------------
+ * Callers hold an opaque id, not the struct's address: an address can be reused by the
+ * allocator after destroy, and a stale handle must then fail, not reach a new handle. */
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static fake_handle** g_handles;
 static size_t g_n_handles, g_cap_handles;
+static uintptr_t g_next_id = 0x52000000u;
 
 static fake_handle* acquire(LLMHandle handle) {
     fake_handle* found = NULL;
     if (!handle) return NULL;
     pthread_mutex_lock(&g_lock);
     for (size_t k = 0; k < g_n_handles; k++) {
-        if (g_handles[k] == handle) {
+        if (g_handles[k]->id == (uintptr_t)handle) {
             found = g_handles[k];
             found->refs++;
             break;
@@ -46,6 +49,8 @@ static void registry_add(fake_handle* h) {
         g_cap_handles = g_cap_handles ? g_cap_handles * 2 : 8;
         g_handles = fk_realloc(g_handles, g_cap_handles * sizeof *g_handles);
     }
+    g_next_id += 16;
+    h->id = g_next_id;
     g_handles[g_n_handles++] = h;
     pthread_mutex_unlock(&g_lock);
     atomic_fetch_add(&g_counters.live_handles, 1);
@@ -55,7 +60,7 @@ static void registry_add(fake_handle* h) {
 static int registry_remove(LLMHandle handle, fake_handle** out) {
     pthread_mutex_lock(&g_lock);
     for (size_t k = 0; k < g_n_handles; k++) {
-        if (g_handles[k] == handle) {
+        if (g_handles[k]->id == (uintptr_t)handle) {
             *out = g_handles[k];
             g_handles[k] = g_handles[--g_n_handles];
             if (g_n_handles == 0) {
@@ -272,7 +277,7 @@ FK_API int rkllm_init(LLMHandle* handle, RKLLMParam* param, RKLLMCallback* callb
         return -1;
     }
     registry_add(h);
-    *handle = h;
+    *handle = (LLMHandle)h->id;
     return 0;
 }
 

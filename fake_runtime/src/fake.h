@@ -53,7 +53,8 @@ typedef struct { /* one run's request, copied when rkllm_run is called */
 } job_t;
 
 typedef struct fake_handle {
-    int refs; /* guarded by the registry lock */
+    uintptr_t id; /* what the caller holds as LLMHandle; never reused in a process */
+    int refs;     /* guarded by the registry lock */
     fake_model model;
     int max_context_len;
     int max_new_tokens;

@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_runtime"))
-import build_fake  # noqa: E402
+import build_fake
 
 _PREFIX = "librkllmrt_fake_"
 
@@ -31,7 +31,7 @@ class BuildExt(build_ext):
     def get_ext_filename(self, fullname: str) -> str:
         parts = fullname.split(".")
         if parts[-1].startswith(_PREFIX):
-            abi = parts[-1][len(_PREFIX):].replace("_", ".")
+            abi = parts[-1][len(_PREFIX) :].replace("_", ".")
             return str(Path(*parts[:-1], build_fake.library_name(abi)))
         return super().get_ext_filename(fullname)
 

@@ -21,8 +21,12 @@ ABIS = ("1.2", "1.3")
 SOURCES = sorted((HERE / "src").glob("*.c"))
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wstrict-prototypes"]
 CFLAGS = ["-std=c11", "-O2", "-g", "-fPIC", "-pthread", "-fvisibility=hidden", *WARNINGS]
-SANITIZE = ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-            "-fno-omit-frame-pointer"]
+SANITIZE = [
+    "-O1",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",
+    "-fno-omit-frame-pointer",
+]
 
 
 def library_name(abi: str) -> str:
@@ -42,9 +46,16 @@ def build(abi: str, out: Path, *, sanitize: bool = False, extra: list[str] | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     flags = [*CFLAGS, *(SANITIZE if sanitize else []), *(extra or [])]
     cmd = [
-        *compiler(), *flags, f"-DRKLLM_ABI={abi.replace('.', '')}",
-        f"-I{HERE / 'include'}", *map(str, SOURCES),
-        "-shared", "-Wl,-z,defs", "-o", str(out), "-lm",
+        *compiler(),
+        *flags,
+        f"-DRKLLM_ABI={abi.replace('.', '')}",
+        f"-I{HERE / 'include'}",
+        *map(str, SOURCES),
+        "-shared",
+        "-Wl,-z,defs",
+        "-o",
+        str(out),
+        "-lm",
     ]
     subprocess.run(cmd, check=True)
     return out

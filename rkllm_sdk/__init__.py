@@ -5,14 +5,12 @@ ABIs, built by the package build) and the C declarations of the runtime API; the
 client API lands on top of them.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 try:
     __version__: str = _version("rkllm-sdk")
-except PackageNotFoundError:  # running from a source tree that was never installed
+except _PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__"]

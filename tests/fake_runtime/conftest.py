@@ -40,8 +40,14 @@ def model(tmp_path: Path) -> ModelFactory:
     counter = iter(range(1_000_000))
 
     def make(**fields: Any) -> Path:
-        body = {"format": "rkllm-fake/1", "name": "test-model", "vocab_size": 4096,
-                "hidden_size": 16, "decode_ms": 0, "prefill_ms": 0}
+        body = {
+            "format": "rkllm-fake/1",
+            "name": "test-model",
+            "vocab_size": 4096,
+            "hidden_size": 16,
+            "decode_ms": 0,
+            "prefill_ms": 0,
+        }
         body.update(fields)
         path = tmp_path / f"model-{next(counter)}.json"
         path.write_text(json.dumps(body), encoding="utf-8")

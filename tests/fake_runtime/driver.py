@@ -56,8 +56,14 @@ def hidden_formula(first_pos: int, n_tokens: int, width: int) -> np.ndarray:
     return (((pos * 17 + i * 29) % 509).astype(np.float32) / np.float32(64)) - np.float32(4)
 
 
-SPECIALS = [b"<|im_start|>", b"<|im_end|>", b"<tool_call>", b"</tool_call>", b"<think>",
-            b"</think>"]
+SPECIALS = [
+    b"<|im_start|>",
+    b"<|im_end|>",
+    b"<tool_call>",
+    b"</tool_call>",
+    b"<think>",
+    b"</think>",
+]
 _NONASCII_LEN = [3, 2, 4, 3, 5, 1, 3]
 
 
@@ -71,10 +77,12 @@ def reference_pieces(text: str | bytes) -> list[bytes]:
             n = len(special)
         else:
             i = pos
-            if data[i:i + 1] == b" " and data[i + 1:i + 2].isalnum() and data[i + 1] < 0x80:
+            if data[i : i + 1] == b" " and data[i + 1 : i + 2].isalnum() and data[i + 1] < 0x80:
                 i += 1
-            if data[i] < 0x80 and data[i:i + 1].isalnum():
-                while i < len(data) and data[i] < 0x80 and data[i:i + 1].isalnum() and i - pos < 8:
+            if data[i] < 0x80 and data[i : i + 1].isalnum():
+                while (
+                    i < len(data) and data[i] < 0x80 and data[i : i + 1].isalnum() and i - pos < 8
+                ):
                     i += 1
                 n = i - pos
             elif data[pos] < 0x80:
@@ -84,7 +92,7 @@ def reference_pieces(text: str | bytes) -> list[bytes]:
                 while pos + run < len(data) and data[pos + run] >= 0x80:
                     run += 1
                 n = min(run, _NONASCII_LEN[pos % len(_NONASCII_LEN)])
-        out.append(data[pos:pos + n])
+        out.append(data[pos : pos + n])
         pos += n
     return out
 
@@ -204,8 +212,14 @@ class Handle:
         inp.enable_thinking = thinking
         return inp
 
-    def prompt(self, text: str | None, keep: list[Any], *, role: str | None = "user",
-               thinking: bool = False) -> Any:
+    def prompt(
+        self,
+        text: str | None,
+        keep: list[Any],
+        *,
+        role: str | None = "user",
+        thinking: bool = False,
+    ) -> Any:
         inp = self._input(keep, role, thinking)
         inp.input_type = 0
         if text is not None:
@@ -230,8 +244,14 @@ class Handle:
         inp.embed_input.n_tokens = rows.shape[0]
         return inp
 
-    def multimodal(self, text: str, keep: list[Any], *, image: np.ndarray | None = None,
-                   video: np.ndarray | None = None) -> Any:
+    def multimodal(
+        self,
+        text: str,
+        keep: list[Any],
+        *,
+        image: np.ndarray | None = None,
+        video: np.ndarray | None = None,
+    ) -> Any:
         inp = self._input(keep, "user", False)
         inp.input_type = 3
         mm = inp.multimodal_input
@@ -256,9 +276,17 @@ class Handle:
                 mm.video.n_frame_tokens = video.shape[2]
         return inp
 
-    def infer(self, keep: list[Any], *, mode: int = GENERATE, keep_history: int = 0,
-              lora: str | None = None, save_cache: str | None = None,
-              max_new_tokens: int = 0, sampling: dict[str, float] | None = None) -> Any:
+    def infer(
+        self,
+        keep: list[Any],
+        *,
+        mode: int = GENERATE,
+        keep_history: int = 0,
+        lora: str | None = None,
+        save_cache: str | None = None,
+        max_new_tokens: int = 0,
+        sampling: dict[str, float] | None = None,
+    ) -> Any:
         p = self.ffi.new("RKLLMInferParam*")
         p.mode = mode
         p.keep_history = keep_history
@@ -288,14 +316,22 @@ class Handle:
         return p
 
     # -- runs -----------------------------------------------------------------------------
-    def run_input(self, inputs: Any, infer: Any, *, userdata: int = 0,
-                  asynchronous: bool = False) -> int:
+    def run_input(
+        self, inputs: Any, infer: Any, *, userdata: int = 0, asynchronous: bool = False
+    ) -> int:
         ud = self.ffi.cast("void*", userdata)
         fn = self.lib.rkllm_run_async if asynchronous else self.lib.rkllm_run
         return int(fn(self.ptr, inputs, infer, ud))
 
-    def run(self, text: str | None = "hi", *, role: str | None = "user", thinking: bool = False,
-            userdata: int = 0, **infer: Any) -> Run:
+    def run(
+        self,
+        text: str | None = "hi",
+        *,
+        role: str | None = "user",
+        thinking: bool = False,
+        userdata: int = 0,
+        **infer: Any,
+    ) -> Run:
         keep: list[Any] = []
         inp = self.prompt(text, keep, role=role, thinking=thinking)
         return self.collect(inp, self.infer(keep, **infer), userdata=userdata)
@@ -363,11 +399,11 @@ class Driver:
             p.model_path = path
         extend = fields.pop("extend", {})
         for k, v in fields.items():
+            value = v
             if isinstance(v, str):
-                c = self.ffi.new("char[]", v.encode())
-                keep.append(c)
-                v = c
-            setattr(p, k, v)
+                value = self.ffi.new("char[]", v.encode())
+                keep.append(value)
+            setattr(p, k, value)
         for k, v in extend.items():
             setattr(p.extend_param, k, v)
         return p, keep
@@ -377,10 +413,17 @@ class Driver:
         rc = int(self.lib.rkllm_init(handle, param, callbacks))
         return rc, handle[0]
 
-    def init(self, model: str | Path, *, reply: Callable[[int, Event], int] | None = None,
-             retain: bool = False, result_userdata: int = 0,
-             tokenizer: Callable[..., int] | None = None,
-             embed: Callable[..., int] | None = None, **fields: Any) -> Handle:
+    def init(
+        self,
+        model: str | Path,
+        *,
+        reply: Callable[[int, Event], int] | None = None,
+        retain: bool = False,
+        result_userdata: int = 0,
+        tokenizer: Callable[..., int] | None = None,
+        embed: Callable[..., int] | None = None,
+        **fields: Any,
+    ) -> Handle:
         p, keep = self.params(model, **fields)
         n_batch = max(1, int(p.extend_param.n_batch))
         rec = Recorder(n_batch=n_batch, ffi=self.ffi, reply=reply, retain=retain)

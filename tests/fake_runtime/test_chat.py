@@ -9,24 +9,36 @@ from .conftest import ModelFactory
 from .driver import Driver
 
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "turn_on_light",
-        "description": "Switch a light on",
-        "parameters": {"type": "object", "properties": {
-            "entity_id": {"type": "string"},
-            "brightness": {"type": "integer", "minimum": 10},
-            "room": {"type": "string", "enum": ["kitchen", "hall"]},
-            "transition": {"type": "number", "default": 1.5},
-            "flash": {"type": "boolean"},
-            "optional": {"type": "string"},
-        }, "required": ["entity_id", "brightness", "room", "transition", "flash"]},
-    }},
+    {
+        "type": "function",
+        "function": {
+            "name": "turn_on_light",
+            "description": "Switch a light on",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "entity_id": {"type": "string"},
+                    "brightness": {"type": "integer", "minimum": 10},
+                    "room": {"type": "string", "enum": ["kitchen", "hall"]},
+                    "transition": {"type": "number", "default": 1.5},
+                    "flash": {"type": "boolean"},
+                    "optional": {"type": "string"},
+                },
+                "required": ["entity_id", "brightness", "room", "transition", "flash"],
+            },
+        },
+    },
     {"name": "get_temperature", "parameters": {"type": "object", "properties": {}}},
 ]
 
 
-def set_tools(drv: Driver, h: object, tools: object, system: str = "You control a home.",
-              response: str | None = "tool_response") -> int:
+def set_tools(
+    drv: Driver,
+    h: object,
+    tools: object,
+    system: str = "You control a home.",
+    response: str | None = "tool_response",
+) -> int:
     text = drv.ffi.new("char[]", (tools if isinstance(tools, str) else json.dumps(tools)).encode())
     sp = drv.ffi.new("char[]", system.encode())
     tr = drv.ffi.new("char[]", response.encode()) if response is not None else drv.ffi.NULL
@@ -34,8 +46,10 @@ def set_tools(drv: Driver, h: object, tools: object, system: str = "You control 
 
 
 def set_template(drv: Driver, h: object, system: str | None, prefix: str, postfix: str) -> int:
-    args = [drv.ffi.new("char[]", s.encode()) if s is not None else drv.ffi.NULL
-            for s in (system, prefix, postfix)]
+    args = [
+        drv.ffi.new("char[]", s.encode()) if s is not None else drv.ffi.NULL
+        for s in (system, prefix, postfix)
+    ]
     return int(drv.lib.rkllm_set_chat_template(h.ptr, *args))
 
 
@@ -63,7 +77,8 @@ def test_system_prompt_only_at_the_start_of_the_context(drv: Driver, model: Mode
     assert h.last_input()["inputs"][0]["templated"].startswith("<|im_start|>system\n")
     h.run("two", keep_history=1)
     assert h.last_input()["inputs"][0]["templated"] == (
-        "<|im_start|>user\ntwo<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\ntwo<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_thinking_model_thinks_only_when_asked(drv: Driver, model: ModelFactory) -> None:
@@ -98,9 +113,16 @@ def test_tool_calls_follow_the_schema(drv: Driver, model: ModelFactory) -> None:
     assert len(blocks) == 1
     assert text == f"<tool_call>\n{blocks[0]}\n</tool_call>"
     call = json.loads(blocks[0])
-    assert call == {"name": "turn_on_light", "arguments": {
-        "entity_id": "fake-entity_id", "brightness": 10, "room": "kitchen", "transition": 1.5,
-        "flash": True}}
+    assert call == {
+        "name": "turn_on_light",
+        "arguments": {
+            "entity_id": "fake-entity_id",
+            "brightness": 10,
+            "room": "kitchen",
+            "transition": 1.5,
+            "flash": True,
+        },
+    }
 
 
 def test_several_tools_named_give_several_calls(drv: Driver, model: ModelFactory) -> None:
@@ -108,9 +130,14 @@ def test_several_tools_named_give_several_calls(drv: Driver, model: ModelFactory
     h = drv.init(model())
     assert set_tools(drv, h, TOOLS) == 0
     text = h.run("get_temperature then turn_on_light").text()
-    names = [json.loads(b)["name"] for b in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)]
+    names = [
+        json.loads(b)["name"] for b in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)
+    ]
     assert names == ["turn_on_light", "get_temperature"]
-    assert json.loads(re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)[1])["arguments"] == {}
+    assert (
+        json.loads(re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)[1])["arguments"]
+        == {}
+    )
 
 
 def test_tool_result_turn_quotes_the_result(drv: Driver, model: ModelFactory) -> None:
@@ -122,7 +149,8 @@ def test_tool_result_turn_quotes_the_result(drv: Driver, model: ModelFactory) ->
     assert run.text() == 'The tool returned: {"ok": true}'
     assert h.last_input()["inputs"][0]["templated"] == (
         '<|im_start|>user\n<tool_response>\n{"ok": true}\n</tool_response><|im_end|>\n'
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_tools_appear_in_the_system_prompt(drv: Driver, model: ModelFactory) -> None:

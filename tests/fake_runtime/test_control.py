@@ -143,7 +143,9 @@ def test_destroy_from_its_own_callback_is_refused(drv: Driver, model: ModelFacto
     assert got == [-1]
 
 
-def test_every_function_rejects_null_and_destroyed_handles(drv: Driver, model: ModelFactory) -> None:
+def test_every_function_rejects_null_and_destroyed_handles(
+    drv: Driver, model: ModelFactory
+) -> None:
     """NULL or destroyed handles: -1 from every function, no crash."""
     h = drv.init(model())
     dead = h.ptr
@@ -158,12 +160,18 @@ def test_every_function_rejects_null_and_destroyed_handles(drv: Driver, model: M
     sizes = ffi.new("int[]", 8)
     for bad in (ffi.NULL, dead):
         calls = [
-            lib.rkllm_load_lora(bad, lora), lib.rkllm_load_prompt_cache(bad, s),
-            lib.rkllm_release_prompt_cache(bad), lib.rkllm_destroy(bad),
-            lib.rkllm_run(bad, inp, infer, ffi.NULL), lib.rkllm_run_async(bad, inp, infer, ffi.NULL),
-            lib.rkllm_abort(bad), lib.rkllm_is_running(bad),
-            lib.rkllm_clear_kv_cache(bad, 0, ffi.NULL, ffi.NULL), lib.rkllm_get_kv_cache_size(bad, sizes),
-            lib.rkllm_set_chat_template(bad, s, s, s), lib.rkllm_set_function_tools(bad, s, s, s),
+            lib.rkllm_load_lora(bad, lora),
+            lib.rkllm_load_prompt_cache(bad, s),
+            lib.rkllm_release_prompt_cache(bad),
+            lib.rkllm_destroy(bad),
+            lib.rkllm_run(bad, inp, infer, ffi.NULL),
+            lib.rkllm_run_async(bad, inp, infer, ffi.NULL),
+            lib.rkllm_abort(bad),
+            lib.rkllm_is_running(bad),
+            lib.rkllm_clear_kv_cache(bad, 0, ffi.NULL, ffi.NULL),
+            lib.rkllm_get_kv_cache_size(bad, sizes),
+            lib.rkllm_set_chat_template(bad, s, s, s),
+            lib.rkllm_set_function_tools(bad, s, s, s),
             lib.rkllm_set_cross_attn_params(bad, cross),
             lib.rkllm_fake_last_input(bad, ffi.NULL, 0),
         ]
@@ -211,8 +219,9 @@ def test_slow_prefill_fault(drv: Driver, model: ModelFactory) -> None:
     assert perf["prefill_time_ms"] >= 59
 
 
-def test_env_faults_override_the_model_file(drv: Driver, model: ModelFactory,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_faults_override_the_model_file(
+    drv: Driver, model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """RKLLM_FAKE_FAULTS is read at init, with the model file's syntax."""
     monkeypatch.setenv("RKLLM_FAKE_FAULTS", "run_fail=-9")
     h = drv.init(model())
@@ -233,9 +242,15 @@ def test_crash_fault_aborts_the_process(abi: str, model: ModelFactory) -> None:
     """crash_after=N kills the process with SIGABRT after N tokens (for isolation tests)."""
     path = model(natural_end=False, faults="crash_after=2")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, abi, str(path)], cwd=root,
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_abort=0"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, abi, str(path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":handle_abort=0"},
+    )
     assert proc.returncode == -signal.SIGABRT
     assert "survived" not in proc.stdout
     assert "injected fault: crash after 2 tokens" in proc.stderr

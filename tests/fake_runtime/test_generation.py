@@ -11,8 +11,9 @@ from .conftest import ModelFactory
 from .driver import ERROR, FINISH, NORMAL, WAITING, Driver, reference_pieces
 
 
-def test_same_input_same_output_and_different_input_different_output(drv: Driver,
-                                                                     model: ModelFactory) -> None:
+def test_same_input_same_output_and_different_input_different_output(
+    drv: Driver, model: ModelFactory
+) -> None:
     """Output is a pure function of model, input and sampling params."""
     m = model()
     a, b = drv.init(m), drv.init(m)
@@ -30,9 +31,17 @@ def test_sampling_params_change_the_output(drv: Driver, model: ModelFactory) -> 
     assert drv.init(m, temperature=0.2).run("same prompt").text() != base
     if drv.abi == "1.3":
         h = drv.init(m)
-        override = {"top_k": 1, "top_p": 0.9, "temperature": 0.2, "repeat_penalty": 1.1,
-                    "frequency_penalty": 0.0, "presence_penalty": 0.0, "mirostat": 0,
-                    "mirostat_tau": 5.0, "mirostat_eta": 0.1}
+        override = {
+            "top_k": 1,
+            "top_p": 0.9,
+            "temperature": 0.2,
+            "repeat_penalty": 1.1,
+            "frequency_penalty": 0.0,
+            "presence_penalty": 0.0,
+            "mirostat": 0,
+            "mirostat_tau": 5.0,
+            "mirostat_eta": 0.1,
+        }
         assert h.run("same prompt", sampling=override).text() != base
         assert h.last_input()["sampling"]["temperature"] == pytest.approx(0.2)
 
@@ -40,8 +49,14 @@ def test_sampling_params_change_the_output(drv: Driver, model: ModelFactory) -> 
 def test_scripted_reply_is_emitted_exactly(drv: Driver, model: ModelFactory) -> None:
     """The first script rule whose match is in the prompt gives the reply, byte for byte."""
     reply = "Kitchen light is on. 台所 💡 done"
-    h = drv.init(model(script=[{"match": "kitchen", "reply": reply},
-                               {"match": "light", "reply": "second rule"}]))
+    h = drv.init(
+        model(
+            script=[
+                {"match": "kitchen", "reply": reply},
+                {"match": "light", "reply": "second rule"},
+            ]
+        )
+    )
     run = h.run("please switch the kitchen light")
     assert run.text() == reply
     assert h.run("light please").text() == "second rule"
@@ -124,15 +139,17 @@ def test_ignore_eos_token_keeps_generating_to_the_limit(drv: Driver, model: Mode
     """1.3 ignore_eos_token: no natural end, the reply runs to max_new_tokens."""
     if drv.abi != "1.3":
         pytest.skip("ignore_eos_token is a 1.3 field")
-    h = drv.init(model(script=[{"match": "x", "reply": "short"}]), ignore_eos_token=True,
-                 max_new_tokens=50)
+    h = drv.init(
+        model(script=[{"match": "x", "reply": "short"}]), ignore_eos_token=True, max_new_tokens=50
+    )
     run = h.run("x")
     assert len(run.tokens) == 50
     assert run.text().startswith("short")
 
 
-def test_multibyte_characters_split_across_callbacks_with_waiting(drv: Driver,
-                                                                  model: ModelFactory) -> None:
+def test_multibyte_characters_split_across_callbacks_with_waiting(
+    drv: Driver, model: ModelFactory
+) -> None:
     """Pieces cut through UTF-8 characters; exactly those callbacks say WAITING."""
     reply = "日本語 and émoji 🚀🤖 mixed: 你好世界"
     h = drv.init(model(script=[{"match": "x", "reply": reply}]))
@@ -162,7 +179,9 @@ def test_generated_text_includes_cjk_and_emoji(drv: Driver, model: ModelFactory)
 
 def test_special_tags_are_single_tokens(drv: Driver, model: ModelFactory) -> None:
     """<think>, </think>, <tool_call>, </tool_call> arrive as one token each (Qwen ids)."""
-    h = drv.init(model(vocab_size=151936, script=[{"match": "x", "reply": "<tool_call>\n{}\n</tool_call>"}]))
+    h = drv.init(
+        model(vocab_size=151936, script=[{"match": "x", "reply": "<tool_call>\n{}\n</tool_call>"}])
+    )
     run = h.run("x")
     texts = [e.items[0].text for e in run.tokens]
     assert texts[0] == b"<tool_call>"
@@ -251,7 +270,9 @@ def test_null_role_means_user(drv: Driver, model: ModelFactory) -> None:
     assert h.last_input()["inputs"][0]["role"] == "user"
 
 
-def test_error_state_is_terminal_and_run_returns_minus_one(drv: Driver, model: ModelFactory) -> None:
+def test_error_state_is_terminal_and_run_returns_minus_one(
+    drv: Driver, model: ModelFactory
+) -> None:
     """A run that fails mid-way ends with one ERROR callback and rkllm_run returns -1."""
     h = drv.init(model(natural_end=False, faults="error_after=3"))
     run = h.run("x")

@@ -31,8 +31,9 @@ def test_default_params_are_the_documented_values(drv: Driver) -> None:
         assert not p.ignore_eos_token
 
 
-def test_init_prints_the_vendor_banner(drv: Driver, model: ModelFactory,
-                                       capfd: pytest.CaptureFixture[str]) -> None:
+def test_init_prints_the_vendor_banner(
+    drv: Driver, model: ModelFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A successful init prints the runtime version line the way the vendor does."""
     drv.init(model())
     version = "1.2.3" if drv.abi == "1.2" else "1.3.0"
@@ -64,11 +65,14 @@ def test_init_and_destroy_track_live_handles(drv: Driver, model: ModelFactory) -
         (b'{"format": "rkllm-fake/1", "thinking": 1}', "'thinking' must be true or false"),
         (b'{"format": "rkllm-fake/1", "script": [{"match": "a"}]}', "script rule 0"),
         (b'{"format": "rkllm-fake/1", "faults": "explode=1"}', "unknown or incomplete fault"),
-        (b'[1, 2]', "invalid rknn llm model magic"),
+        (b"[1, 2]", "invalid rknn llm model magic"),
     ],
 )
 def test_bad_model_files_fail_init_with_a_message(
-    drv: Driver, tmp_path: Path, capfd: pytest.CaptureFixture[str], content: bytes | None,
+    drv: Driver,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    content: bytes | None,
     message: str,
 ) -> None:
     """Anything but a valid rkllm-fake/1 file: rkllm_init returns -1 and prints why."""
@@ -106,8 +110,9 @@ def _init_with(drv: Driver, p: object, with_callback: bool = True) -> int:
         ({}, False),
     ],
 )
-def test_invalid_params_fail_init(drv: Driver, model: ModelFactory, fields: dict[str, object],
-                                  with_callback: bool) -> None:
+def test_invalid_params_fail_init(
+    drv: Driver, model: ModelFactory, fields: dict[str, object], with_callback: bool
+) -> None:
     """Out-of-range params or a missing result callback: -1, no handle."""
     p, _keep = drv.params(model(), **fields)
     assert _init_with(drv, p, with_callback) == -1
@@ -133,8 +138,9 @@ def test_n_batch_zero_means_one(drv: Driver, model: ModelFactory) -> None:
     assert h.run("hello").rc == 0
 
 
-def test_injected_init_failure_returns_the_code(drv: Driver, model: ModelFactory,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_init_failure_returns_the_code(
+    drv: Driver, model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """init_fail from the model file or RKLLM_FAKE_FAULTS makes rkllm_init return that code."""
     p, _keep = drv.params(model(faults="init_fail=-7"))
     assert _init_with(drv, p) == -7
@@ -145,7 +151,9 @@ def test_injected_init_failure_returns_the_code(drv: Driver, model: ModelFactory
     assert _init_with(drv, p2) == -1
 
 
-def test_models_without_tokenizer_need_runtime_13_callbacks(drv: Driver, model: ModelFactory) -> None:
+def test_models_without_tokenizer_need_runtime_13_callbacks(
+    drv: Driver, model: ModelFactory
+) -> None:
     """internal_tokenizer/embedding false: refused on 1.2; on 1.3 the callback is required."""
     for key in ("internal_tokenizer", "internal_embedding"):
         p, _keep = drv.params(model(**{key: False}))

@@ -84,8 +84,12 @@ def test_image_without_placeholder_goes_first(drv: Driver, model: ModelFactory) 
     """Without an <image> tag the markers are put before the text."""
     h = drv.init(model(hidden_size=HIDDEN))
     keep: list[object] = []
-    h.collect(h.multimodal("describe", keep, image=np.ones((1, 2, HIDDEN), np.float32)), h.infer(keep))
-    assert "user\n<|vision_start|><|vision_end|>describe" in h.last_input()["inputs"][0]["templated"]
+    h.collect(
+        h.multimodal("describe", keep, image=np.ones((1, 2, HIDDEN), np.float32)), h.infer(keep)
+    )
+    assert (
+        "user\n<|vision_start|><|vision_end|>describe" in h.last_input()["inputs"][0]["templated"]
+    )
 
 
 def test_video_input_on_13(drv: Driver, model: ModelFactory) -> None:
@@ -96,7 +100,9 @@ def test_video_input_on_13(drv: Driver, model: ModelFactory) -> None:
     image = np.full((1, 2, HIDDEN), 0.5, np.float32)
     video = np.linspace(-1, 1, 2 * 3 * 4 * HIDDEN, dtype=np.float32).reshape(2, 3, 4, HIDDEN)
     keep: list[object] = []
-    run = h.collect(h.multimodal("<image> then <video>", keep, image=image, video=video), h.infer(keep))
+    run = h.collect(
+        h.multimodal("<image> then <video>", keep, image=image, video=video), h.infer(keep)
+    )
     assert run.rc == 0
     text = run.text()
     assert f"[image n=1x2x{HIDDEN} fnv={fnv1a(image)}] " in text
@@ -105,7 +111,9 @@ def test_video_input_on_13(drv: Driver, model: ModelFactory) -> None:
 
 
 @pytest.mark.parametrize("field", ["n_image", "n_image_tokens", "embed"])
-def test_inconsistent_image_sizes_are_rejected(drv: Driver, model: ModelFactory, field: str) -> None:
+def test_inconsistent_image_sizes_are_rejected(
+    drv: Driver, model: ModelFactory, field: str
+) -> None:
     """An image pointer with zero counts, or counts without a pointer: -1."""
     h = drv.init(model(hidden_size=HIDDEN))
     keep: list[object] = []

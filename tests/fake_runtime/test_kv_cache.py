@@ -6,7 +6,9 @@ from .conftest import ModelFactory
 from .driver import ERROR, Driver, reference_pieces
 
 
-def clear(drv: Driver, h: object, keep_system: int = 0, ranges: list[tuple[int, int]] | None = None) -> int:
+def clear(
+    drv: Driver, h: object, keep_system: int = 0, ranges: list[tuple[int, int]] | None = None
+) -> int:
     if ranges is None:
         return int(drv.lib.rkllm_clear_kv_cache(h.ptr, keep_system, drv.ffi.NULL, drv.ffi.NULL))
     start = drv.ffi.new("int[]", [r[0] for r in ranges])
@@ -23,7 +25,9 @@ def test_keep_history_accumulates_prefill_and_generated(drv: Driver, model: Mode
     assert h.kv_sizes() == [p1["prefill_tokens"] + p1["generate_tokens"]]
     r2 = h.run("two", keep_history=1)
     p2 = r2.terminal.items[0].perf
-    total = p1["prefill_tokens"] + p1["generate_tokens"] + p2["prefill_tokens"] + p2["generate_tokens"]
+    total = (
+        p1["prefill_tokens"] + p1["generate_tokens"] + p2["prefill_tokens"] + p2["generate_tokens"]
+    )
     assert h.kv_sizes() == [total]
 
 
@@ -41,7 +45,9 @@ def test_full_clear_with_and_without_the_system_prompt(drv: Driver, model: Model
     """Clearing keeps exactly the system prompt's tokens when asked, else empties the cache."""
     h = drv.init(model())
     h.run("hello", keep_history=1)
-    sys_tokens = len(reference_pieces("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"))
+    sys_tokens = len(
+        reference_pieces("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    )
     assert clear(drv, h, keep_system=1) == 0
     assert h.kv_sizes() == [sys_tokens]
     h.run("again", keep_history=1)
@@ -53,8 +59,10 @@ def test_full_clear_with_and_without_the_system_prompt(drv: Driver, model: Model
 def test_ranged_clear_needs_a_paused_single_turn_run(drv: Driver, model: ModelFactory) -> None:
     """A range is refused unless the last run paused with keep_history=0; then it removes it."""
     pause_at: list[int] = []  # callback index (within the run) that returns 1
-    h = drv.init(model(natural_end=False),
-                 reply=lambda i, e: 1 if pause_at and i - pause_at[1] == pause_at[0] else 0)
+    h = drv.init(
+        model(natural_end=False),
+        reply=lambda i, e: 1 if pause_at and i - pause_at[1] == pause_at[0] else 0,
+    )
 
     def run(text: str, keep_history: int, pause: int | None) -> None:
         pause_at[:] = [pause, len(h.rec.events)] if pause is not None else []
@@ -85,7 +93,9 @@ def test_ranged_clear_validates_the_range(drv: Driver, model: ModelFactory) -> N
     assert h.kv_sizes() == [n]
 
 
-def test_paused_single_turn_run_is_resumed_by_the_next_run(drv: Driver, model: ModelFactory) -> None:
+def test_paused_single_turn_run_is_resumed_by_the_next_run(
+    drv: Driver, model: ModelFactory
+) -> None:
     """After a pause the cache is kept even with keep_history=0, and the next run extends it."""
     h = drv.init(model(natural_end=False), reply=lambda i, e: 1 if i == 1 else 0)
     h.run("first", keep_history=0)
@@ -96,7 +106,9 @@ def test_paused_single_turn_run_is_resumed_by_the_next_run(drv: Driver, model: M
     assert h.kv_sizes() == [0]  # that one finished normally: single-turn history discarded
 
 
-def test_context_overflow_shifts_the_window_keeping_n_keep(drv: Driver, model: ModelFactory) -> None:
+def test_context_overflow_shifts_the_window_keeping_n_keep(
+    drv: Driver, model: ModelFactory
+) -> None:
     """Generating past max_context_len drops old tokens after the first n_keep, and goes on."""
     h = drv.init(model(natural_end=False), max_context_len=64, n_keep=4, max_new_tokens=200)
     before = drv.stats()["kv_shifts"]

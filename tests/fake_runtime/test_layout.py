@@ -13,18 +13,45 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Sizes stated in shared/docs/rkllm-abi.md (LP64), per ABI.
 DOC_SIZES = {
-    "1.2": {"RKLLMExtendParam": 120, "RKLLMParam": 208, "RKLLMMultiModalInput": 48,
-            "RKLLMInput": 64, "RKLLMCrossAttnParam": 40, "RKLLMInferParam": 32,
-            "RKLLMPerfStat": 20, "RKLLMResult": 72},
-    "1.3": {"RKLLMExtendParam": 120, "RKLLMParam": 184, "RKLLMMultiModalInput": 144,
-            "RKLLMInput": 160, "RKLLMCrossAttnParam": 40, "RKLLMSamplingParam": 36,
-            "RKLLMInferParam": 40, "RKLLMPerfStat": 20, "RKLLMResult": 72, "RKLLMCallback": 48},
+    "1.2": {
+        "RKLLMExtendParam": 120,
+        "RKLLMParam": 208,
+        "RKLLMMultiModalInput": 48,
+        "RKLLMInput": 64,
+        "RKLLMCrossAttnParam": 40,
+        "RKLLMInferParam": 32,
+        "RKLLMPerfStat": 20,
+        "RKLLMResult": 72,
+    },
+    "1.3": {
+        "RKLLMExtendParam": 120,
+        "RKLLMParam": 184,
+        "RKLLMMultiModalInput": 144,
+        "RKLLMInput": 160,
+        "RKLLMCrossAttnParam": 40,
+        "RKLLMSamplingParam": 36,
+        "RKLLMInferParam": 40,
+        "RKLLMPerfStat": 20,
+        "RKLLMResult": 72,
+        "RKLLMCallback": 48,
+    },
 }
 ALL_STRUCTS = {
-    "RKLLMExtendParam", "RKLLMParam", "RKLLMLoraAdapter", "RKLLMEmbedInput", "RKLLMTokenInput",
-    "RKLLMMultiModalInput", "RKLLMInput", "RKLLMLoraParam", "RKLLMPromptCacheParam",
-    "RKLLMCrossAttnParam", "RKLLMInferParam", "RKLLMResultLastHiddenLayer", "RKLLMResultLogits",
-    "RKLLMPerfStat", "RKLLMResult",
+    "RKLLMExtendParam",
+    "RKLLMParam",
+    "RKLLMLoraAdapter",
+    "RKLLMEmbedInput",
+    "RKLLMTokenInput",
+    "RKLLMMultiModalInput",
+    "RKLLMInput",
+    "RKLLMLoraParam",
+    "RKLLMPromptCacheParam",
+    "RKLLMCrossAttnParam",
+    "RKLLMInferParam",
+    "RKLLMResultLastHiddenLayer",
+    "RKLLMResultLogits",
+    "RKLLMPerfStat",
+    "RKLLMResult",
 }
 ONLY_13 = {"RKLLMSamplingParam", "RKLLMCallback"}
 
@@ -32,14 +59,25 @@ ONLY_13 = {"RKLLMSamplingParam", "RKLLMCallback"}
 def probe(abi: str, tmp: Path) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
     exe = tmp / f"probe-{abi}"
     subprocess.run(
-        ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-DRKLLM_ABI={abi.replace('.', '')}",
-         f"-I{ROOT / 'fake_runtime' / 'include'}", str(ROOT / "fake_runtime/probe/layout_probe.c"),
-         "-o", str(exe)],
+        [
+            "cc",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-DRKLLM_ABI={abi.replace('.', '')}",
+            f"-I{ROOT / 'fake_runtime' / 'include'}",
+            str(ROOT / "fake_runtime/probe/layout_probe.c"),
+            "-o",
+            str(exe),
+        ],
         check=True,
     )
     structs: dict[str, int] = {}
     fields: dict[str, tuple[int, int]] = {}
-    for line in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines():
+    for line in subprocess.run(
+        [str(exe)], check=True, capture_output=True, text=True
+    ).stdout.splitlines():
         kind, name, *nums = line.split()
         if kind == "STRUCT":
             structs[name] = int(nums[0])
@@ -49,7 +87,9 @@ def probe(abi: str, tmp: Path) -> tuple[dict[str, int], dict[str, tuple[int, int
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, int], dict[str, tuple[int, int]]]]:
+def probes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[dict[str, int], dict[str, tuple[int, int]]]]:
     tmp = tmp_path_factory.mktemp("probe")
     return {abi: probe(abi, tmp) for abi in ("1.2", "1.3")}
 

@@ -9,10 +9,21 @@ from rkllm_sdk._fake import library_path
 from .driver import Driver
 
 PUBLIC = {
-    "rkllm_createDefaultParam", "rkllm_init", "rkllm_load_lora", "rkllm_load_prompt_cache",
-    "rkllm_release_prompt_cache", "rkllm_destroy", "rkllm_run", "rkllm_run_async", "rkllm_abort",
-    "rkllm_is_running", "rkllm_clear_kv_cache", "rkllm_get_kv_cache_size",
-    "rkllm_set_chat_template", "rkllm_set_function_tools", "rkllm_set_cross_attn_params",
+    "rkllm_createDefaultParam",
+    "rkllm_init",
+    "rkllm_load_lora",
+    "rkllm_load_prompt_cache",
+    "rkllm_release_prompt_cache",
+    "rkllm_destroy",
+    "rkllm_run",
+    "rkllm_run_async",
+    "rkllm_abort",
+    "rkllm_is_running",
+    "rkllm_clear_kv_cache",
+    "rkllm_get_kv_cache_size",
+    "rkllm_set_chat_template",
+    "rkllm_set_function_tools",
+    "rkllm_set_cross_attn_params",
 }
 FAKE_ONLY = {"rkllm_fake_stats", "rkllm_fake_version", "rkllm_fake_last_input"}
 VERSIONS = {"1.2": "1.2.3", "1.3": "1.3.0"}
@@ -20,8 +31,12 @@ VERSIONS = {"1.2": "1.2.3", "1.3": "1.3.0"}
 
 def test_exports_exactly_the_public_api_and_prefixed_extras(abi: str) -> None:
     """nm -D lists the 15 public functions and only rkllm_fake_* besides them."""
-    out = subprocess.run(["nm", "-D", "--defined-only", str(library_path(abi))],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library_path(abi))],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.split()[1] in "TtWw"}
     names -= {"_init", "_fini"}
     assert names == PUBLIC | FAKE_ONLY

@@ -1,0 +1,85 @@
+"""The package surface: exports, import cost, bundled files, and the README's demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+import rkllm_sdk
+from rkllm_sdk import _fake
+from rkllm_sdk._ffi import ABIS, cdef_source
+
+from .fake_runtime.driver import reference_pieces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_all_is_exact() -> None:
+    """__all__ lists exactly the public names the package defines, alphabetised."""
+    public = {n for n in dir(rkllm_sdk) if not n.startswith("_")} | {"__version__"}
+    assert set(rkllm_sdk.__all__) == public
+    assert rkllm_sdk.__all__ == sorted(rkllm_sdk.__all__)
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    """__version__ comes from the installed metadata."""
+    assert rkllm_sdk.__version__ == version("rkllm-sdk")
+
+
+def test_import_loads_no_native_library() -> None:
+    """Importing rkllm_sdk opens no runtime and does not even import cffi."""
+    code = (
+        "import sys, rkllm_sdk\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "assert 'librkllmrt' not in maps, 'a runtime was loaded'\n"
+        "assert 'cffi' not in sys.modules and 'numpy' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cdef_source_per_abi() -> None:
+    """Each ABI gets its own declarations; fake-only symbols only when asked for."""
+    s12, s13 = cdef_source("1.2"), cdef_source("1.3")
+    assert "img_start" in s12 and "ignore_eos_token" not in s12
+    assert "ignore_eos_token" in s13 and "RKLLMSamplingParam" in s13
+    assert "rkllm_fake_stats" not in s13
+    assert "rkllm_fake_stats" in cdef_source("1.3", fake=True)
+    with pytest.raises(ValueError, match=r"unsupported runtime ABI '1\.1'"):
+        cdef_source("1.1")
+
+
+def test_fake_library_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The build put one library per ABI in the package; RKLLM_FAKE_LIBDIR redirects."""
+    monkeypatch.delenv(_fake.LIBDIR_ENV, raising=False)
+    for abi in ABIS:
+        assert _fake.library_path(abi).is_file()
+    with pytest.raises(ValueError, match="unsupported runtime ABI"):
+        _fake.library_path("2.0")
+    monkeypatch.setenv(_fake.LIBDIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="reinstall rkllm-sdk"):
+        _fake.library_path("1.3")
+    (tmp_path / "librkllmrt-fake-1.3.so").write_bytes(b"")
+    assert _fake.library_path("1.3") == tmp_path / "librkllmrt-fake-1.3.so"
+
+
+@pytest.mark.parametrize("abi", ABIS)
+def test_readme_demo_streams_the_scripted_reply(abi: str) -> None:
+    """examples/stream_fake.py (the README's main job) streams the demo model's reply."""
+    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples/stream_fake.py"), "Hello", "--abi", abi],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.startswith("Hello! I am the rkllm-sdk fake runtime")
+    assert "你好 🙂" in proc.stdout
+    reply = proc.stdout.rstrip("\n")
+    assert f"decode {len(reference_pieces(reply))} tokens" in proc.stderr

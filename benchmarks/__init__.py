@@ -1,0 +1,1 @@
+"""Benchmarks for rkllm-sdk, run as ``python -m benchmarks [--json]``."""

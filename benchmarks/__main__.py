@@ -31,25 +31,49 @@ from rkllm_sdk._fake import library_path
 from rkllm_sdk._ffi import ABIS, cdef_source
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {"format": "rkllm-fake/1", "name": "bench", "vocab_size": 151936, "hidden_size": 64,
-         "decode_ms": 0, "prefill_ms": 0, "natural_end": False}
+MODEL = {
+    "format": "rkllm-fake/1",
+    "name": "bench",
+    "vocab_size": 151936,
+    "hidden_size": 64,
+    "decode_ms": 0,
+    "prefill_ms": 0,
+    "natural_end": False,
+}
 
 
 def build_ceiling(abi: str, out: Path) -> Path:
     exe = out / f"ceiling-{abi}"
     lib = library_path(abi)
     subprocess.run(
-        ["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", f"-DRKLLM_ABI={abi.replace('.', '')}",
-         f"-I{ROOT / 'fake_runtime' / 'include'}", str(ROOT / "benchmarks" / "ceiling.c"),
-         str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(exe)],
+        [
+            "cc",
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-DRKLLM_ABI={abi.replace('.', '')}",
+            f"-I{ROOT / 'fake_runtime' / 'include'}",
+            str(ROOT / "benchmarks" / "ceiling.c"),
+            str(lib),
+            f"-Wl,-rpath,{lib.parent}",
+            "-o",
+            str(exe),
+        ],
         check=True,
     )
     return exe
 
 
 def ceiling_rate(exe: Path, model: Path, tokens: int) -> float:
-    out = subprocess.run([str(exe), str(model), str(tokens)], check=True, capture_output=True,
-                         text=True, env={**os.environ, "RKLLM_FAKE_QUIET": "1"}).stdout
+    out = subprocess.run(
+        [str(exe), str(model), str(tokens)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RKLLM_FAKE_QUIET": "1"},
+    ).stdout
     result = json.loads(out)
     assert result["tokens"] == tokens, result
     return float(result["tokens"] / result["seconds"])
@@ -58,8 +82,8 @@ def ceiling_rate(exe: Path, model: Path, tokens: int) -> float:
 def pycallback_rate(abi: str, model: Path, tokens: int) -> float:
     ffi = cffi.FFI()
     ffi.cdef(cdef_source(abi))
-    lib = ffi.dlopen(str(library_path(abi)))
-    chunks: list[bytes] = []
+    lib: Any = ffi.dlopen(str(library_path(abi)))  # cffi cdata is untyped
+    chunks: list[bytes | str] = []
 
     @ffi.callback("LLMResultCallback")
     def on_result(result: Any, _ud: Any, state: int) -> int:
@@ -67,16 +91,21 @@ def pycallback_rate(abi: str, model: Path, tokens: int) -> float:
             chunks.append(ffi.string(result.text))
         return 0
 
-    keep = [ffi.new("char[]", str(model).encode()), ffi.new("char[]", b"user"),
-            ffi.new("char[]", b"benchmark")]
-    param = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
+    keep = [
+        ffi.new("char[]", str(model).encode()),
+        ffi.new("char[]", b"user"),
+        ffi.new("char[]", b"benchmark"),
+    ]
+    param: Any = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
     param.model_path, param.max_new_tokens, param.max_context_len = keep[0], tokens, 4096
-    handle = ffi.new("LLMHandle*")
-    cbs = on_result if abi == "1.2" else ffi.new("RKLLMCallback*", {"result_callback": on_result})
+    handle: Any = ffi.new("LLMHandle*")
+    cbs: Any = (
+        on_result if abi == "1.2" else ffi.new("RKLLMCallback*", {"result_callback": on_result})
+    )
     assert lib.rkllm_init(handle, param, cbs) == 0
-    inp = ffi.new("RKLLMInput*")
+    inp: Any = ffi.new("RKLLMInput*")
     inp.role, inp.input_type, inp.prompt_input = keep[1], 0, keep[2]
-    infer = ffi.new("RKLLMInferParam*")
+    infer: Any = ffi.new("RKLLMInferParam*")
     t0 = time.perf_counter()
     rc = lib.rkllm_run(handle[0], inp, infer, ffi.NULL)
     seconds = time.perf_counter() - t0
@@ -93,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ["RKLLM_FAKE_QUIET"] = "1"
     results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "machine": platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+        },
         "tokens": args.tokens,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         model.write_text(json.dumps(MODEL))
         for abi in ABIS:
             exe = build_ceiling(abi, Path(tmp))
-            ceiling = statistics.median(ceiling_rate(exe, model, args.tokens) for _ in range(args.repeat))
-            py = statistics.median(pycallback_rate(abi, model, args.tokens) for _ in range(args.repeat))
+            ceiling = statistics.median(
+                ceiling_rate(exe, model, args.tokens) for _ in range(args.repeat)
+            )
+            py = statistics.median(
+                pycallback_rate(abi, model, args.tokens) for _ in range(args.repeat)
+            )
             results[abi] = {
                 "ceiling_c_tokens_per_s": round(ceiling),
                 "pycallback_tokens_per_s": round(py),
@@ -116,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ABI':<5} {'ceiling C tok/s':>16} {'py callback tok/s':>18} {'ratio':>7}")
         for abi in ABIS:
             r = results[abi]
-            print(f"{abi:<5} {r['ceiling_c_tokens_per_s']:>16,} {r['pycallback_tokens_per_s']:>18,} "
-                  f"{r['pycallback_ratio']:>7.3f}")
+            print(
+                f"{abi:<5} {r['ceiling_c_tokens_per_s']:>16,} {r['pycallback_tokens_per_s']:>18,} "
+                f"{r['pycallback_ratio']:>7.3f}"
+            )
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import sys
+from typing import Any
 
 import cffi
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ffi = cffi.FFI()
     ffi.cdef(cdef_source(args.abi))
-    lib = ffi.dlopen(str(library_path(args.abi)))
+    lib: Any = ffi.dlopen(str(library_path(args.abi)))  # cffi cdata is untyped
     print(
         f"[fake runtime {args.abi} from {library_path(args.abi)}; no board needed]", file=sys.stderr
     )
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     perf: dict[str, float] = {}
 
     @ffi.callback("LLMResultCallback")
-    def on_result(result, _userdata, state):  # type: ignore[no-untyped-def]
+    def on_result(result: Any, _userdata: Any, state: int) -> int:
         if state in (FINISH, ERROR):
             p = result.perf
             perf.update(
@@ -52,15 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif result.text != ffi.NULL:
             # WAITING callbacks end inside a UTF-8 character: the decoder holds those bytes.
-            sys.stdout.write(decoder.decode(ffi.string(result.text)))
+            raw = ffi.string(result.text)
+            assert isinstance(raw, bytes)  # char* gives bytes
+            sys.stdout.write(decoder.decode(raw))
             sys.stdout.flush()
         return 0
 
     model_path = ffi.new("char[]", str(demo_model_path()).encode())
-    param = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
+    param: Any = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
     param.model_path = model_path
     param.max_new_tokens = args.max_new_tokens
-    handle = ffi.new("LLMHandle*")
+    handle: Any = ffi.new("LLMHandle*")
     if args.abi == "1.2":
         rc = lib.rkllm_init(handle, param, on_result)
     else:
@@ -71,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rkllm_init failed with {rc}", file=sys.stderr)
         return 1
     try:
-        inp = ffi.new("RKLLMInput*")
+        inp: Any = ffi.new("RKLLMInput*")
         prompt = ffi.new("char[]", args.prompt.encode())
         role = ffi.new("char[]", b"user")
         inp.role = role
         inp.input_type = 0
         inp.prompt_input = prompt
-        infer = ffi.new("RKLLMInferParam*")
+        infer: Any = ffi.new("RKLLMInferParam*")
         rc = lib.rkllm_run(handle[0], inp, infer, ffi.NULL)
     finally:
         lib.rkllm_destroy(handle[0])

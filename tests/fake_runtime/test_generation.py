@@ -279,3 +279,14 @@ def test_error_state_is_terminal_and_run_returns_minus_one(
     assert run.rc == -1
     assert [e.state for e in run.events][-1] == ERROR
     assert len(run.tokens) == 3
+
+
+def test_a_slow_consumer_slows_decoding(drv: Driver, model: ModelFactory) -> None:
+    """Decode time is spent after each callback returns: a 10 ms callback adds 10 ms a token."""
+    h = drv.init(
+        model(decode_ms=2, natural_end=False),
+        max_new_tokens=6,
+        reply=lambda i, e: time.sleep(0.01) or 0,
+    )
+    perf = h.run("slow").terminal.items[0].perf
+    assert perf["generate_time_ms"] >= 6 * (2 + 10) - 1

@@ -61,6 +61,36 @@ def build(abi: str, out: Path, *, sanitize: bool = False, extra: list[str] | Non
     return out
 
 
+def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
+    """Compile tests/stress.c with the fake's sources under ``-fsanitize=<sanitizer>``.
+
+    The result is a plain executable (``stress MODEL_JSON``) for ThreadSanitizer and
+    LeakSanitizer runs, which a Python host process cannot give.
+    """
+    if abi not in ABIS:
+        raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        *compiler(),
+        "-std=c11",
+        "-O1",
+        "-g",
+        "-pthread",
+        *WARNINGS,
+        f"-fsanitize={sanitizer}",
+        "-fno-omit-frame-pointer",
+        f"-DRKLLM_ABI={abi.replace('.', '')}",
+        f"-I{HERE / 'include'}",
+        *map(str, SOURCES),
+        str(HERE / "tests" / "stress.c"),
+        "-o",
+        str(out),
+        "-lm",
+    ]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)

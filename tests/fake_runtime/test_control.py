@@ -56,13 +56,11 @@ def test_abort_from_another_thread_stops_within_one_token(drv: Driver, model: Mo
 
 def test_abort_during_prefill(drv: Driver, model: ModelFactory) -> None:
     """An abort while prefilling ends the run before any token, with FINISH."""
-    h = drv.init(model(prefill_ms=500))
+    h = drv.init(model(prefill_ms=10_000))  # minutes of prefill unless aborted
     start_async(h)
     time.sleep(0.02)
-    t0 = time.monotonic()
     assert drv.lib.rkllm_abort(h.ptr) == 0
-    assert h.rec.done.wait(5)
-    assert time.monotonic() - t0 < 0.4
+    assert h.rec.done.wait(10)
     assert [e.state for e in h.rec.events] == [FINISH]
 
 

@@ -1,16 +1,103 @@
 """rkllm-sdk: an async Python SDK for Rockchip's RKLLM NPU runtime (librkllmrt).
 
-The package currently ships the fake runtime (a C emulator of librkllmrt for both runtime
-ABIs, built by the package build) and the C declarations of the runtime API; the async
-client API lands on top of them.
+Importing the package loads no native library and reads no files of its own; the runtime
+is found and loaded when a model is (see :func:`doctor` for what would be found).
+
+The typed models of the runtime's structs, the errors, and ``doctor()`` are here; the
+async client (``AsyncLLM``) builds on them.
 """
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
+from ._doctor import DoctorReport as DoctorReport
+from ._doctor import ModelFileCheck as ModelFileCheck
+from ._doctor import Problem as Problem
+from ._doctor import doctor as doctor
+from .errors import AbortedError as AbortedError
+from .errors import ArrayTypeError as ArrayTypeError
+from .errors import BusyError as BusyError
+from .errors import ClosedError as ClosedError
+from .errors import GenerationError as GenerationError
+from .errors import InvalidParamsError as InvalidParamsError
+from .errors import ModelLoadError as ModelLoadError
+from .errors import NativeCallError as NativeCallError
+from .errors import RKLLMError as RKLLMError
+from .errors import RuntimeNotFoundError as RuntimeNotFoundError
+from .errors import RuntimeVersionError as RuntimeVersionError
+from .errors import UnsupportedOnABIError as UnsupportedOnABIError
+from .errors import http_status as http_status
+from .errors import jsonrpc_code as jsonrpc_code
+from .models import CallState as CallState
+from .models import CrossAttention as CrossAttention
+from .models import EmbedInput as EmbedInput
+from .models import ExtendParams as ExtendParams
+from .models import ImageInput as ImageInput
+from .models import InferMode as InferMode
+from .models import InferOptions as InferOptions
+from .models import Input as Input
+from .models import InputType as InputType
+from .models import LoraAdapter as LoraAdapter
+from .models import ModelParams as ModelParams
+from .models import MultimodalInput as MultimodalInput
+from .models import PerfStats as PerfStats
+from .models import Prompt as Prompt
+from .models import PromptCache as PromptCache
+from .models import Result as Result
+from .models import Sampling as Sampling
+from .models import TokenInput as TokenInput
+from .models import VideoInput as VideoInput
 
-try:
-    __version__: str = _version("rkllm-sdk")
-except _PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+def __getattr__(name: str) -> str:
+    # __version__ is looked up on first use: reading distribution metadata at import time
+    # would be file I/O that `import rkllm_sdk` promises not to do.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            value = version("rkllm-sdk")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0.0.0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module 'rkllm_sdk' has no attribute {name!r}")
+
+
+__all__ = [
+    "AbortedError",
+    "ArrayTypeError",
+    "BusyError",
+    "CallState",
+    "ClosedError",
+    "CrossAttention",
+    "DoctorReport",
+    "EmbedInput",
+    "ExtendParams",
+    "GenerationError",
+    "ImageInput",
+    "InferMode",
+    "InferOptions",
+    "Input",
+    "InputType",
+    "InvalidParamsError",
+    "LoraAdapter",
+    "ModelFileCheck",
+    "ModelLoadError",
+    "ModelParams",
+    "MultimodalInput",
+    "NativeCallError",
+    "PerfStats",
+    "Problem",
+    "Prompt",
+    "PromptCache",
+    "RKLLMError",
+    "Result",
+    "RuntimeNotFoundError",
+    "RuntimeVersionError",
+    "Sampling",
+    "TokenInput",
+    "UnsupportedOnABIError",
+    "VideoInput",
+    "__version__",
+    "doctor",
+    "http_status",
+    "jsonrpc_code",
+]

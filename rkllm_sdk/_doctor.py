@@ -1,0 +1,302 @@
+"""``doctor()``: what runtime, driver and platform this machine has, and what is wrong.
+
+Mismatched runtime, NPU driver and model versions are what RKLLM users hit most; the report
+names each piece, where it was found, and gives a one-line fix for every problem.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._ffi.loader import detect_version, load_runtime, locate_runtime, resolve_abi
+from .errors import RKLLMError, RuntimeNotFoundError, RuntimeVersionError
+
+__all__ = ["DoctorReport", "ModelFileCheck", "Problem", "doctor"]
+
+#: Where the RKNPU kernel driver reports its version, in order.
+DRIVER_VERSION_PATHS: tuple[str, ...] = (
+    "/sys/module/rknpu/version",
+    "/sys/kernel/debug/rknpu/version",
+)
+#: The device tree's compatible list (NUL-separated), naming the SoC on Rockchip boards.
+DEVICE_TREE_COMPATIBLE = "/proc/device-tree/compatible"
+#: The oldest NPU driver the 1.2.x / 1.3.0 runtimes accept.
+MIN_DRIVER = (0, 9, 8)
+
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """Something that will stop the SDK from working, and how to fix it."""
+
+    what: str
+    fix: str
+
+
+@attrs.frozen(kw_only=True)
+class ModelFileCheck:
+    """The model path given to doctor()."""
+
+    path: str
+    exists: bool
+    readable: bool
+    size_bytes: int | None
+
+
+@attrs.frozen(kw_only=True)
+class DoctorReport:
+    """The findings of :func:`doctor`; ``str(report)`` renders them as text."""
+
+    runtime_path: str | None
+    found_by: str | None
+    runtime_version: str | None
+    abi: str | None
+    abi_source: str | None
+    is_fake: bool
+    optional_symbols: tuple[str, ...]
+    driver_version: str | None
+    driver_ok: bool | None
+    platform: str | None
+    machine: str
+    libc: str
+    python: str
+    model: ModelFileCheck | None
+    on_board: bool
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing stands in the way."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        data: dict[str, Any] = attrs.asdict(self)
+        data["ok"] = self.ok
+        return data
+
+    def __str__(self) -> str:
+        def show(value: object) -> str:
+            return "-" if value is None else str(value)
+
+        runtime = show(self.runtime_path)
+        if self.found_by:
+            runtime += f" (found by {self.found_by})"
+        driver = show(self.driver_version)
+        if self.driver_ok is False:
+            driver += " (older than 0.9.8)"
+        lines = [
+            f"runtime:   {runtime}",
+            f"version:   {show(self.runtime_version)}",
+            f"ABI:       {show(self.abi)}" + (f" ({self.abi_source})" if self.abi_source else ""),
+            f"extras:    {', '.join(self.optional_symbols) or '-'}",
+            f"driver:    {driver}",
+            f"platform:  {show(self.platform)}",
+            f"machine:   {self.machine}, {self.libc}, Python {self.python}",
+        ]
+        if self.model is not None:
+            m = self.model
+            state = (
+                "missing"
+                if not m.exists
+                else ("unreadable" if not m.readable else f"{m.size_bytes:,} bytes")
+            )
+            lines.append(f"model:     {m.path} ({state})")
+        lines += [f"note:      {n}" for n in self.notes]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            for p in self.problems:
+                lines += [f"  - {p.what}", f"    fix: {p.fix}"]
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _driver_version() -> str | None:
+    for path in DRIVER_VERSION_PATHS:
+        text = _read_text(path)
+        if text is not None:
+            m = _VERSION.search(text)
+            return ".".join(m.groups()) if m else text.strip() or None
+    return None
+
+
+def _soc() -> str | None:
+    text = _read_text(DEVICE_TREE_COMPATIBLE)
+    if not text:
+        return None
+    for entry in text.split("\x00"):
+        m = re.fullmatch(r"rockchip,(r[kv]\d+\w*)", entry.strip())
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def _libc() -> str:
+    name, version = platform.libc_ver()
+    if name:
+        return f"{name} {version}".strip()
+    if any(Path("/lib").glob("ld-musl-*.so.1")):
+        return "musl"
+    return "unknown libc"
+
+
+def _model_check(path: str | os.PathLike[str]) -> ModelFileCheck:
+    p = Path(path)
+    exists = p.is_file()
+    readable = exists and os.access(p, os.R_OK)
+    return ModelFileCheck(
+        path=str(p),
+        exists=exists,
+        readable=readable,
+        size_bytes=p.stat().st_size if exists else None,
+    )
+
+
+def doctor(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    runtime: str | os.PathLike[str] | None = None,
+    abi: str | None = None,
+) -> DoctorReport:
+    """Inspect the runtime, NPU driver, platform and (optionally) a model file.
+
+    Blocking (reads files, may dlopen the runtime): from async code, run it in a thread.
+
+    >>> report = doctor(runtime="fake")
+    >>> report.abi, report.is_fake
+    ('1.3', True)
+    """
+    problems: list[Problem] = []
+    notes: list[str] = []
+    found: dict[str, Any] = {
+        "runtime_path": None,
+        "found_by": None,
+        "runtime_version": None,
+        "abi": None,
+        "abi_source": None,
+        "is_fake": False,
+        "optional_symbols": (),
+    }
+    try:
+        path, found_by, is_fake = locate_runtime(runtime, abi=abi)
+        found.update(runtime_path=str(path), found_by=found_by, is_fake=is_fake)
+        version = detect_version(path)
+        found["runtime_version"] = version
+        chosen, source = resolve_abi(abi, version, path)
+        found.update(abi=chosen, abi_source=source)
+        rt = load_runtime(runtime, abi=abi)
+        found.update(is_fake=rt.is_fake, optional_symbols=tuple(sorted(rt.optional_symbols)))
+    except RuntimeNotFoundError as exc:
+        problems.append(
+            Problem(
+                what=str(exc),
+                fix=(
+                    "install librkllmrt.so (1.2.x or 1.3.0) from Rockchip's rknn-llm release "
+                    "into /usr/lib, or pass runtime='/path/to/librkllmrt.so'; "
+                    "use runtime='fake' to develop without a board"
+                ),
+            )
+        )
+    except RuntimeVersionError as exc:
+        problems.append(
+            Problem(
+                what=str(exc),
+                fix=(
+                    "use runtime 1.2.1-1.2.3 or 1.3.0, or pass abi='1.2' / abi='1.3' "
+                    "if you know which API your runtime speaks"
+                ),
+            )
+        )
+    except RKLLMError as exc:  # pragma: no cover - any other runtime trouble is still reported
+        problems.append(Problem(what=str(exc), fix="see the message"))
+
+    driver = _driver_version()
+    soc = _soc()
+    driver_ok = None
+    if driver is not None:
+        m = _VERSION.search(driver)
+        driver_ok = m is not None and tuple(int(x) for x in m.groups()) >= MIN_DRIVER
+        if not driver_ok:
+            problems.append(
+                Problem(
+                    what=f"the RKNPU driver is {driver}; "
+                    "runtimes 1.2.x and 1.3.0 need 0.9.8 or newer",
+                    fix="update the board's kernel / rknpu driver to 0.9.8 or newer",
+                )
+            )
+    on_board = driver is not None or soc is not None
+    if not on_board:
+        notes.append(
+            "this machine is not an RKLLM board (no RKNPU driver, no Rockchip device tree): "
+            "runtime='fake' runs everything here without an NPU"
+        )
+        if found["runtime_path"] and not found["is_fake"]:
+            problems.append(
+                Problem(
+                    what="a vendor runtime was found but there is no RKNPU driver to run it on",
+                    fix="run on a Rockchip board with the rknpu driver loaded, "
+                    "or use runtime='fake'",
+                )
+            )
+    elif driver is None:
+        problems.append(
+            Problem(
+                what=f"no RKNPU driver version at {' or '.join(DRIVER_VERSION_PATHS)}",
+                fix="load the rknpu kernel module (a Rockchip board image with NPU support)",
+            )
+        )
+
+    check = _model_check(model) if model is not None else None
+    if check is not None:
+        if not check.exists:
+            problems.append(
+                Problem(
+                    what=f"model file {check.path} does not exist",
+                    fix="pass the path of a .rkllm model converted for this runtime version",
+                )
+            )
+        elif not check.readable:
+            problems.append(
+                Problem(
+                    what=f"model file {check.path} is not readable",
+                    fix=f"fix its permissions (chmod a+r {check.path})",
+                )
+            )
+        elif check.size_bytes == 0:
+            problems.append(
+                Problem(
+                    what=f"model file {check.path} is empty",
+                    fix="download or convert the model again",
+                )
+            )
+
+    return DoctorReport(
+        **found,
+        driver_version=driver,
+        driver_ok=driver_ok,
+        platform=soc,
+        machine=platform.machine(),
+        libc=_libc(),
+        python=".".join(map(str, sys.version_info[:3])),
+        model=check,
+        on_board=on_board,
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,447 @@
+"""Typed models of the runtime's structs and enums.
+
+Frozen, slotted, keyword-only attrs classes with cheap validators. They hold Python values
+and numpy arrays only; conversion to and from C structs lives in ``_native`` (per ABI).
+
+Parameters that mirror ``RKLLMParam`` are optional: ``None`` means "the runtime's own
+default" (``ModelParams.defaults(runtime)`` reads those from the library). Fields that exist
+in one runtime ABI only (``ignore_eos_token`` and ``Sampling`` on 1.3; ``img_start`` /
+``img_end`` / ``img_content`` on 1.2; video input and per-image markers on 1.3) are accepted
+here and refused with :class:`~rkllm_sdk.errors.UnsupportedOnABIError` when they reach a
+runtime of the other ABI, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import attrs
+import numpy as np
+
+from . import arrays
+from .arrays import FloatArray, IntArray
+from .errors import InvalidParamsError
+
+if TYPE_CHECKING:
+    from ._ffi.loader import Runtime
+
+__all__ = [
+    "CallState",
+    "CrossAttention",
+    "EmbedInput",
+    "ExtendParams",
+    "ImageInput",
+    "InferMode",
+    "InferOptions",
+    "Input",
+    "InputType",
+    "LoraAdapter",
+    "ModelParams",
+    "MultimodalInput",
+    "PerfStats",
+    "Prompt",
+    "PromptCache",
+    "Result",
+    "Sampling",
+    "TokenInput",
+    "VideoInput",
+]
+
+
+class CallState(IntEnum):
+    """``LLMCallState``: the state a result callback reports."""
+
+    NORMAL = 0
+    WAITING = 1  # the bytes end inside a UTF-8 character
+    FINISH = 2
+    ERROR = 3
+
+
+class InputType(IntEnum):
+    """``RKLLMInputType``."""
+
+    PROMPT = 0
+    TOKEN = 1
+    EMBED = 2
+    MULTIMODAL = 3
+
+
+class InferMode(IntEnum):
+    """``RKLLMInferMode``."""
+
+    GENERATE = 0
+    GET_LAST_HIDDEN_LAYER = 1
+    GET_LOGITS = 2
+
+
+# ---- validators ---------------------------------------------------------------------------
+
+
+def _fail(inst: object, attr: attrs.Attribute[Any], what: str, value: object) -> None:
+    raise InvalidParamsError(f"{type(inst).__name__}.{attr.name} must be {what}, got {value!r}")
+
+
+def _opt(check: Any, what: str) -> Any:
+    """A validator for an optional number: None passes, otherwise check(value) must hold."""
+
+    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
+            _fail(inst, attr, what, value)
+
+    return validate
+
+
+def _opt_int(check: Any, what: str) -> Any:
+    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not check(value):
+            _fail(inst, attr, what, value)
+
+    return validate
+
+
+def _opt_bool(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        _fail(inst, attr, "a bool", value)
+
+
+def _text(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str):
+        _fail(inst, attr, "a str", value)
+
+
+def _opt_text(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _text(inst, attr, value)
+
+
+def _role(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(inst, attr, 'a non-empty role such as "user" or "tool"', value)
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _cpus(value: Iterable[int] | int | None) -> frozenset[int] | None:
+    """CPU cores as a set of numbers 0..7, from a set / list or a bit mask."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidParamsError(f"enabled_cpus must be core numbers or a mask, got {value!r}")
+    if isinstance(value, int):
+        if not 0 < value <= 0xFF:
+            raise InvalidParamsError(f"enabled_cpus mask must be in 0x01..0xFF, got {value:#x}")
+        return frozenset(k for k in range(8) if value >> k & 1)
+    cores = frozenset(value)
+    if not cores or not all(
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 7 for c in cores
+    ):
+        raise InvalidParamsError(
+            f"enabled_cpus must be core numbers 0..7, got {sorted(cores, key=str)}"
+        )
+    return cores
+
+
+def _array_repr(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"<{value.dtype} array {value.shape}>"
+    return repr(value)
+
+
+# ---- init parameters ----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ExtendParams:
+    """``RKLLMExtendParam``. ``None`` keeps the runtime's default.
+
+    ``enabled_cpus`` takes core numbers (``{4, 5, 6, 7}``) or a mask (``0xF0``); the runtime's
+    ``enabled_cpus_num`` is derived from it.
+    """
+
+    base_domain_id: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x >= 0, ">= 0")
+    )
+    embed_flash: bool | None = attrs.field(default=None, validator=_opt_bool)
+    enabled_cpus: frozenset[int] | None = attrs.field(default=None, converter=_cpus)
+    n_batch: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: 1 <= x <= 8, "in 1..8")
+    )
+    use_cross_attn: bool | None = attrs.field(default=None, validator=_opt_bool)
+
+    @property
+    def enabled_cpus_mask(self) -> int | None:
+        """The cores as the runtime's bit mask (``None`` when not set)."""
+        if self.enabled_cpus is None:
+            return None
+        return sum(1 << c for c in self.enabled_cpus)
+
+
+@attrs.frozen(kw_only=True)
+class ModelParams:
+    """``RKLLMParam`` without the model path. ``None`` keeps the runtime's default.
+
+    >>> ModelParams(max_context_len=4096, temperature=0.7).max_context_len
+    4096
+    """
+
+    max_context_len: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x > 0, "> 0")
+    )
+    max_new_tokens: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)")
+    )
+    top_k: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    n_keep: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= -1, ">= -1"))
+    top_p: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 < x <= 1, "in (0, 1]")
+    )
+    temperature: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+    repeat_penalty: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 < x < math.inf, "> 0")
+    )
+    frequency_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
+    presence_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
+    mirostat: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
+    )
+    mirostat_tau: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+    mirostat_eta: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+    skip_special_token: bool | None = attrs.field(default=None, validator=_opt_bool)
+    is_async: bool | None = attrs.field(default=None, validator=_opt_bool)
+    ignore_eos_token: bool | None = attrs.field(default=None, validator=_opt_bool)  # 1.3 only
+    img_start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
+    img_end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
+    img_content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
+    extend: ExtendParams = attrs.field(factory=ExtendParams)
+
+    @classmethod
+    def defaults(cls, runtime: Runtime) -> ModelParams:
+        """The runtime's own defaults (``rkllm_createDefaultParam``), every field filled in."""
+        from ._native import default_params  # noqa: PLC0415  # _native imports this module
+
+        return default_params(runtime)
+
+
+@attrs.frozen(kw_only=True)
+class LoraAdapter:
+    """``RKLLMLoraAdapter``: a LoRA file, the name runs select it by, and its scale."""
+
+    path: str = attrs.field(converter=os.fspath)
+    name: str = attrs.field(validator=_role)
+    scale: float = attrs.field(default=1.0, validator=_opt(_finite, "finite"))
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Prompt:
+    """A text prompt (``RKLLM_INPUT_PROMPT``)."""
+
+    text: str = attrs.field(validator=_text)
+    role: str = attrs.field(default="user", validator=_role)
+    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+
+
+@attrs.frozen(kw_only=True)
+class TokenInput:
+    """Token ids (``RKLLM_INPUT_TOKEN``), held as a 1-D ``int32`` array."""
+
+    ids: IntArray = attrs.field(converter=arrays.token_ids, eq=False, repr=_array_repr)
+    role: str = attrs.field(default="user", validator=_role)
+    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+
+
+@attrs.frozen(kw_only=True)
+class EmbedInput:
+    """Token embeddings ``[n_tokens, hidden]`` (``RKLLM_INPUT_EMBED``)."""
+
+    embeddings: FloatArray = attrs.field(converter=arrays.embeddings, eq=False, repr=_array_repr)
+    role: str = attrs.field(default="user", validator=_role)
+    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+
+
+@attrs.frozen(kw_only=True)
+class ImageInput:
+    """Image embeddings ``[n_image, n_image_tokens, hidden]`` of a multimodal input.
+
+    ``start`` / ``end`` / ``content`` are the 1.3 per-input markers (1.2 takes them from
+    ``ModelParams.img_start`` / ``img_end`` / ``img_content``).
+    """
+
+    embeddings: FloatArray = attrs.field(
+        converter=arrays.image_embeddings, eq=False, repr=_array_repr
+    )
+    width: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    height: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
+    end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
+    content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
+
+
+@attrs.frozen(kw_only=True)
+class VideoInput:
+    """Video embeddings ``[n_video, n_frames, n_frame_tokens, hidden]`` (runtime 1.3 only)."""
+
+    embeddings: FloatArray = attrs.field(
+        converter=arrays.video_embeddings, eq=False, repr=_array_repr
+    )
+    frame_width: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    frame_height: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    start: str | None = attrs.field(default=None, validator=_opt_text)
+    end: str | None = attrs.field(default=None, validator=_opt_text)
+    content: str | None = attrs.field(default=None, validator=_opt_text)
+
+
+@attrs.frozen(kw_only=True)
+class MultimodalInput:
+    """Text with image and / or video embeddings (``RKLLM_INPUT_MULTIMODAL``).
+
+    Put ``<image>`` (``<video>``) in the text where the embeddings belong.
+    """
+
+    prompt: str = attrs.field(validator=_text)
+    image: ImageInput | None = None
+    video: VideoInput | None = None
+    role: str = attrs.field(default="user", validator=_role)
+    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+
+
+Input: TypeAlias = Prompt | TokenInput | EmbedInput | MultimodalInput
+
+
+# ---- per-run options ----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Sampling:
+    """``RKLLMSamplingParam``: per-run sampling (runtime 1.3 only). ``None`` keeps the handle's."""
+
+    top_k: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    top_p: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 < x <= 1, "in (0, 1]")
+    )
+    temperature: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+    repeat_penalty: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 < x < math.inf, "> 0")
+    )
+    frequency_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
+    presence_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
+    mirostat: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
+    )
+    mirostat_tau: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+    mirostat_eta: float | None = attrs.field(
+        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PromptCache:
+    """``RKLLMPromptCacheParam``: save this run's prefill to ``path``."""
+
+    path: str = attrs.field(converter=os.fspath)
+    save: bool = attrs.field(default=True, validator=_opt_bool)
+
+
+@attrs.frozen(kw_only=True)
+class InferOptions:
+    """``RKLLMInferParam``: what one run does.
+
+    ``max_new_tokens`` and ``sampling`` are runtime 1.3 per-run overrides.
+    """
+
+    mode: InferMode = attrs.field(default=InferMode.GENERATE, converter=InferMode)
+    lora: str | None = attrs.field(default=None, validator=_opt_text)
+    prompt_cache: PromptCache | None = None
+    sampling: Sampling | None = None  # 1.3 only
+    keep_history: bool = attrs.field(default=False, validator=_opt_bool)
+    max_new_tokens: int | None = attrs.field(
+        default=None, validator=_opt_int(lambda x: x > 0, "> 0")
+    )  # 1.3
+
+
+@attrs.frozen(kw_only=True)
+class CrossAttention:
+    """``RKLLMCrossAttnParam``: encoder K / V caches, mask and positions, checked together.
+
+    Shapes: ``k_cache [num_layers, num_tokens, num_kv_heads, head_dim]``,
+    ``v_cache [num_layers, num_kv_heads, head_dim, num_tokens]``, ``mask [num_tokens]``
+    (float32), ``positions [num_tokens]`` (int32).
+    """
+
+    k_cache: FloatArray = attrs.field(eq=False, repr=_array_repr)
+    v_cache: FloatArray = attrs.field(eq=False, repr=_array_repr)
+    mask: FloatArray = attrs.field(eq=False, repr=_array_repr)
+    positions: IntArray = attrs.field(eq=False, repr=_array_repr)
+
+    def __attrs_post_init__(self) -> None:
+        checked = arrays.cross_attention(self.k_cache, self.v_cache, self.mask, self.positions)
+        for name, value in checked._asdict().items():
+            object.__setattr__(self, name, value)  # frozen: store the converted arrays once
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.shape[0])
+
+
+# ---- results ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PerfStats:
+    """``RKLLMPerfStat``: what the runtime measured for one run."""
+
+    prefill_time_ms: float
+    prefill_tokens: int
+    generate_time_ms: float
+    generate_tokens: int
+    memory_usage_mb: float
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        """Prefill throughput (0 when nothing was timed)."""
+        return self.prefill_tokens / self.prefill_time_ms * 1e3 if self.prefill_time_ms > 0 else 0.0
+
+    @property
+    def generate_tokens_per_s(self) -> float:
+        """Decode throughput (0 when nothing was timed)."""
+        return (
+            self.generate_tokens / self.generate_time_ms * 1e3 if self.generate_time_ms > 0 else 0.0
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Result:
+    """One batch entry of one result callback (``RKLLMResult``), copied out of the runtime.
+
+    ``text`` is the raw bytes of the token (``None`` when the runtime gave NULL); it may end
+    inside a UTF-8 character (state ``WAITING``). ``logits`` is ``[num_tokens, vocab_size]``
+    and ``hidden_states`` ``[num_tokens, embd_size]`` when the run's mode asked for them.
+    """
+
+    text: bytes | None
+    token_id: int
+    logits: FloatArray | None = attrs.field(default=None, eq=False, repr=_array_repr)
+    hidden_states: FloatArray | None = attrs.field(default=None, eq=False, repr=_array_repr)
+    perf: PerfStats | None = None

@@ -11,7 +11,6 @@ import platform
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -78,9 +77,9 @@ class DoctorReport:
         """True when nothing stands in the way."""
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
-        data: dict[str, Any] = attrs.asdict(self)
+        data: dict[str, object] = attrs.asdict(self)
         data["ok"] = self.ok
         return data
 
@@ -119,6 +118,19 @@ class DoctorReport:
         else:
             lines.append("no problems found")
         return "\n".join(lines)
+
+
+@attrs.define
+class _RuntimeFindings:
+    """What doctor() learns about the runtime, step by step (each step may fail)."""
+
+    runtime_path: str | None = None
+    found_by: str | None = None
+    runtime_version: str | None = None
+    abi: str | None = None
+    abi_source: str | None = None
+    is_fake: bool = False
+    optional_symbols: tuple[str, ...] = ()
 
 
 def _read_text(path: str) -> str | None:
@@ -185,24 +197,16 @@ def doctor(
     """
     problems: list[Problem] = []
     notes: list[str] = []
-    found: dict[str, Any] = {
-        "runtime_path": None,
-        "found_by": None,
-        "runtime_version": None,
-        "abi": None,
-        "abi_source": None,
-        "is_fake": False,
-        "optional_symbols": (),
-    }
+    found = _RuntimeFindings()
     try:
         path, found_by, is_fake = locate_runtime(runtime, abi=abi)
-        found.update(runtime_path=str(path), found_by=found_by, is_fake=is_fake)
+        found.runtime_path, found.found_by, found.is_fake = str(path), found_by, is_fake
         version = detect_version(path)
-        found["runtime_version"] = version
+        found.runtime_version = version
         chosen, source = resolve_abi(abi, version, path)
-        found.update(abi=chosen, abi_source=source)
+        found.abi, found.abi_source = chosen, source
         rt = load_runtime(runtime, abi=abi)
-        found.update(is_fake=rt.is_fake, optional_symbols=tuple(sorted(rt.optional_symbols)))
+        found.is_fake, found.optional_symbols = rt.is_fake, tuple(sorted(rt.optional_symbols))
     except RuntimeNotFoundError as exc:
         problems.append(
             Problem(
@@ -247,7 +251,7 @@ def doctor(
             "this machine is not an RKLLM board (no RKNPU driver, no Rockchip device tree): "
             "runtime='fake' runs everything here without an NPU"
         )
-        if found["runtime_path"] and not found["is_fake"]:
+        if found.runtime_path and not found.is_fake:
             problems.append(
                 Problem(
                     what="a vendor runtime was found but there is no RKNPU driver to run it on",
@@ -288,7 +292,7 @@ def doctor(
             )
 
     return DoctorReport(
-        **found,
+        **attrs.asdict(found),
         driver_version=driver,
         driver_ok=driver_ok,
         platform=soc,

@@ -18,7 +18,7 @@ the caller keeps it alive while the runtime reads it. Conversions:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,7 @@ IntArray: TypeAlias = npt.NDArray[np.int32]
 _INT32 = np.iinfo(np.int32)
 
 
-def _asarray(value: object, name: str) -> npt.NDArray[Any]:
+def _asarray(value: object, name: str) -> npt.NDArray[np.generic]:
     try:
         arr = np.asarray(value)
     except ValueError as exc:  # ragged nested lists
@@ -52,7 +52,7 @@ def _asarray(value: object, name: str) -> npt.NDArray[Any]:
     return arr
 
 
-def _shape(arr: npt.NDArray[Any], name: str, dims: tuple[str, ...]) -> None:
+def _shape(arr: npt.NDArray[np.generic], name: str, dims: tuple[str, ...]) -> None:
     if arr.ndim != len(dims):
         raise InvalidParamsError(
             f"{name}: expected {len(dims)} dimensions [{', '.join(dims)}], got shape {arr.shape}"
@@ -68,7 +68,8 @@ def _floats(value: object, name: str, dims: tuple[str, ...], width: int | None) 
     _shape(arr, name, dims)
     if width is not None and arr.shape[-1] != width:
         raise InvalidParamsError(f"{name}: last dimension is {arr.shape[-1]}, the model's {width}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(out).all():
         raise InvalidParamsError(f"{name}: contains NaN or infinity (after conversion to float32)")
     return out

@@ -79,6 +79,9 @@ class InferMode(IntEnum):
 
 
 # ---- validators ---------------------------------------------------------------------------
+# Typed with Any on purpose: attrs' validator protocol is generic in the field's type
+# (Attribute[T] is invariant), so one helper serving int, float and bool fields cannot be
+# typed precisely; each helper checks its value's type at run time instead.
 
 
 def _fail(inst: object, attr: attrs.Attribute[Any], what: str, value: object) -> None:

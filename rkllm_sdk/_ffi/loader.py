@@ -257,7 +257,7 @@ def resolve_abi(abi: str | None, version: str | None, path: Path) -> tuple[str, 
 
 # ---- loading -----------------------------------------------------------------------------
 
-_runtimes: dict[tuple[str, str], Runtime] = {}
+_loaded: dict[tuple[str, str], tuple[Any, frozenset[str]]] = {}
 _load_lock = threading.Lock()
 
 
@@ -269,12 +269,33 @@ def _exported(lib: Any, name: str) -> bool:
     return True
 
 
+def _dlopen(path: Path, abi: str) -> tuple[Any, frozenset[str]]:
+    """dlopen once per library file and ABI: ``(lib, optional symbols present)``."""
+    key = (str(path.resolve()), abi)
+    with _load_lock:
+        if key not in _loaded:
+            try:
+                lib = ffi_for(abi).dlopen(str(path))
+            except OSError as exc:
+                raise RuntimeNotFoundError(
+                    f"{path} exists but cannot be loaded here ({exc}); the vendor library needs "
+                    f"glibc on aarch64/armhf (musl-based containers cannot load it)"
+                ) from exc
+            if not _exported(lib, "rkllm_init"):
+                raise RuntimeNotFoundError(
+                    f"{path} does not export rkllm_init: not an RKLLM runtime"
+                )
+            found = frozenset(n for n in (*OPTIONAL_SYMBOLS, *FAKE_SYMBOLS) if _exported(lib, n))
+            _loaded[key] = (lib, found)
+        return _loaded[key]
+
+
 def load_runtime(
     runtime: str | os.PathLike[str] | None = None, *, abi: str | None = None
 ) -> Runtime:
     """Locate, check and dlopen the runtime (blocking: call it from a worker thread).
 
-    The same library and ABI give the same :class:`Runtime` object.
+    A library file is opened once per ABI; later calls share its ``lib``.
 
     Raises:
         RuntimeNotFoundError: no library found, or it cannot be loaded on this machine.
@@ -283,31 +304,15 @@ def load_runtime(
     path, found_by, is_fake = locate_runtime(runtime, abi=abi)
     version = detect_version(path)
     chosen, abi_source = resolve_abi(abi, version, path)
-    key = (str(path.resolve()), chosen)
-    with _load_lock:
-        if key in _runtimes:
-            return _runtimes[key]
-        ffi = ffi_for(chosen)
-        try:
-            lib = ffi.dlopen(str(path))
-        except OSError as exc:
-            raise RuntimeNotFoundError(
-                f"{path} exists but cannot be loaded here ({exc}); the vendor library needs "
-                f"glibc on aarch64/armhf (musl-based containers cannot load it)"
-            ) from exc
-        if not _exported(lib, "rkllm_init"):
-            raise RuntimeNotFoundError(f"{path} does not export rkllm_init: not an RKLLM runtime")
-        found = frozenset(n for n in (*OPTIONAL_SYMBOLS, *FAKE_SYMBOLS) if _exported(lib, n))
-        rt = Runtime(
-            path=path,
-            found_by=found_by,
-            version=version,
-            abi=chosen,
-            abi_source=abi_source,
-            is_fake=is_fake or "rkllm_fake_version" in found,
-            optional_symbols=found,
-            ffi=ffi,
-            lib=lib,
-        )
-        _runtimes[key] = rt
-        return rt
+    lib, found = _dlopen(path, chosen)
+    return Runtime(
+        path=path,
+        found_by=found_by,
+        version=version,
+        abi=chosen,
+        abi_source=abi_source,
+        is_fake=is_fake or "rkllm_fake_version" in found,
+        optional_symbols=found,
+        ffi=ffi_for(chosen),
+        lib=lib,
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .driver import load
+from rkllm_sdk._ffi import ffi_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,9 +109,9 @@ def test_header_matches_documented_sizes(probes, abi: str) -> None:
 
 
 def test_cffi_declarations_match_the_c_header(probes, abi: str) -> None:
-    """cffi's sizeof / offsetof agree with the compiler for every struct and field."""
+    """The SDK's FFI (ffi_for) agrees with the compiler for every struct and field."""
     structs, fields = probes[abi]
-    ffi, _ = load(abi)
+    ffi = ffi_for(abi)
     for name, size in structs.items():
         assert ffi.sizeof(name) == size, name
     for dotted, (offset, size) in fields.items():

@@ -1,0 +1,42 @@
+"""Fixtures shared by every test package: the ABI parameter and fake model files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ABIS = ["1.2", "1.3"]
+
+ModelFactory = Callable[..., Path]
+
+
+@pytest.fixture(params=ABIS, ids=lambda a: f"abi{a}")
+def abi(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs once per runtime ABI."""
+    return str(request.param)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> ModelFactory:
+    """Writes a fake model file; fast by default (no sleeping)."""
+    counter = iter(range(1_000_000))
+
+    def make(**fields: Any) -> Path:
+        body = {
+            "format": "rkllm-fake/1",
+            "name": "test-model",
+            "vocab_size": 4096,
+            "hidden_size": 16,
+            "decode_ms": 0,
+            "prefill_ms": 0,
+        }
+        body.update(fields)
+        path = tmp_path / f"model-{next(counter)}.json"
+        path.write_text(json.dumps(body), encoding="utf-8")
+        return path
+
+    return make

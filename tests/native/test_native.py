@@ -1,0 +1,431 @@
+"""Every runtime function through _native, on the fake, both ABIs: valid and invalid input."""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rkllm_sdk as rk
+from rkllm_sdk import _native as native
+from rkllm_sdk._ffi.loader import Runtime
+
+from ..conftest import ModelFactory
+from ..fake_runtime.driver import fnv1a, logits_formula
+from .conftest import Recorder
+
+
+def open_handle(
+    rt: Runtime, model: Path, params: rk.ModelParams | None = None, rec: Recorder | None = None
+) -> tuple[native.NativeHandle, Recorder]:
+    n_batch = (params.extend.n_batch if params else None) or 1
+    rec = rec or Recorder(rt, n_batch)
+    return native.init(rt, model, params or rk.ModelParams(), rec.callback), rec
+
+
+@pytest.fixture
+def handle(rt: Runtime, model: ModelFactory):  # type: ignore[no-untyped-def]
+    h, rec = open_handle(rt, model())
+    yield h, rec
+    native.destroy(h)
+
+
+# ---- init / destroy ----------------------------------------------------------------------
+
+
+def test_init_applies_params_and_records_effective_ones(rt: Runtime, model: ModelFactory) -> None:
+    """Overrides reach the runtime; the handle knows the parameters in force."""
+    params = rk.ModelParams(
+        temperature=0.25, top_k=7, max_new_tokens=3, extend=rk.ExtendParams(enabled_cpus={0, 1})
+    )
+    h, _ = open_handle(rt, model(natural_end=False), params)
+    try:
+        assert h.params.temperature == 0.25
+        assert h.params.max_context_len == 512  # the runtime's default
+        assert h.params.extend.enabled_cpus == {0, 1}
+        native.run(h, rk.Prompt(text="x"))
+        info = native.fake_last_input(h)
+        assert info["sampling"]["temperature"] == pytest.approx(0.25)
+        assert info["sampling"]["top_k"] == 7
+        assert info["max_new_tokens"] == 3
+    finally:
+        native.destroy(h)
+
+
+def test_init_failure_is_a_model_load_error(rt: Runtime, tmp_path: Path) -> None:
+    """A file the runtime refuses: ModelLoadError carrying the return code and the path."""
+    bad = tmp_path / "model.rkllm"
+    bad.write_bytes(b"\x00binary")
+    rec = Recorder(rt)
+    with pytest.raises(rk.ModelLoadError, match=re.escape(repr(str(bad)))) as info:
+        native.init(rt, bad, rk.ModelParams(), rec.callback)
+    assert info.value.code == -1
+
+
+def test_strings_are_checked_before_the_call(rt: Runtime, model: ModelFactory) -> None:
+    """NUL bytes and lone surrogates are refused before anything reaches C."""
+    rec = Recorder(rt)
+    with pytest.raises(rk.InvalidParamsError, match="model_path contains a NUL"):
+        native.init(rt, "model\x00.rkllm", rk.ModelParams(), rec.callback)
+    h, rec = open_handle(rt, model())
+    try:
+        with pytest.raises(rk.InvalidParamsError, match="prompt is not valid Unicode"):
+            native.run(h, rk.Prompt(text="bad \udc80 text"))
+        with pytest.raises(rk.InvalidParamsError, match="NUL"):
+            native.set_chat_template(h, "sys\x00", "", "")
+        assert rec.events == []
+    finally:
+        native.destroy(h)
+
+
+def test_abi_only_params_are_refused_on_the_other_abi(rt: Runtime, model: ModelFactory) -> None:
+    """ignore_eos_token is 1.3-only, img_* are 1.2-only: refused, never dropped."""
+    rec = Recorder(rt)
+    wrong = (
+        rk.ModelParams(img_start="<i>")
+        if rt.abi == "1.3"
+        else rk.ModelParams(ignore_eos_token=True)
+    )
+    with pytest.raises(rk.UnsupportedOnABIError, match="exists only in runtime ABI"):
+        native.init(rt, model(), wrong, rec.callback)
+    right = (
+        rk.ModelParams(ignore_eos_token=True)
+        if rt.abi == "1.3"
+        else rk.ModelParams(img_start="<i>")
+    )
+    h, _ = open_handle(rt, model(), right, rec)
+    native.destroy(h)
+
+
+def test_destroy_is_idempotent_and_closes(rt: Runtime, model: ModelFactory) -> None:
+    """After destroy every call raises ClosedError; destroying again does nothing."""
+    h, _ = open_handle(rt, model())
+    native.destroy(h)
+    native.destroy(h)
+    assert h.closed
+    assert "closed" in repr(h)
+    for call in (
+        lambda: native.run(h, rk.Prompt(text="x")),
+        lambda: native.abort(h),
+        lambda: native.is_running(h),
+        lambda: native.kv_cache_size(h),
+        lambda: native.release_prompt_cache(h),
+    ):
+        with pytest.raises(rk.ClosedError):
+            call()
+
+
+# ---- runs --------------------------------------------------------------------------------
+
+
+def test_prompt_run_streams_and_finishes(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """A run delivers token results then FINISH with PerfStats."""
+    h, rec = handle
+    native.run(h, rk.Prompt(text="hello", role="user"))
+    states = [s for s, _ in rec.events]
+    assert states[-1] == rk.CallState.FINISH
+    perf = rec.events[-1][1][0].perf
+    assert isinstance(perf, rk.PerfStats)
+    assert perf.generate_tokens == len(states) - 1
+    assert rec.text()
+
+
+def test_token_and_embedding_inputs_arrive_intact(
+    handle: tuple[native.NativeHandle, Recorder],
+) -> None:
+    """Arrays reach C unchanged: the fake names their checksums."""
+    h, rec = handle
+    ids = rk.TokenInput(ids=[3, 1, 4, 1, 5])
+    native.run(h, ids)
+    assert rec.text().startswith(f"[tokens n=5 fnv={fnv1a(ids.ids)}] ")
+    rec.clear()
+    rows = np.linspace(-1, 1, 3 * 16).reshape(3, 16)  # float64: converted to float32
+    emb = rk.EmbedInput(embeddings=rows)
+    native.run(h, emb)
+    assert rec.text().startswith(f"[embed n=3x16 fnv={fnv1a(rows.astype(np.float32))}] ")
+
+
+def test_multimodal_image_both_abis(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Image embeddings go in the ABI's own layout; 1.3 per-image markers reach the template."""
+    h, rec = handle
+    image = np.arange(2 * 3 * 16, dtype=np.float32).reshape(2, 3, 16)
+    markers = {"start": "<I>", "end": "</I>"} if h.runtime.abi == "1.3" else {}
+    native.run(
+        h,
+        rk.MultimodalInput(prompt="see <image>", image=rk.ImageInput(embeddings=image, **markers)),
+    )
+    assert f"[image n=2x3x16 fnv={fnv1a(image)}] " in rec.text()
+    if h.runtime.abi == "1.3":
+        assert "see <I></I>" in native.fake_last_input(h)["inputs"][0]["templated"]
+
+
+def test_video_and_image_markers_are_abi_checked(
+    handle: tuple[native.NativeHandle, Recorder],
+) -> None:
+    """Video (1.3 only) and per-image markers (1.3 only) are refused on 1.2; work on 1.3."""
+    h, rec = handle
+    video = rk.VideoInput(embeddings=np.ones((1, 2, 3, 16), np.float32))
+    marked = rk.ImageInput(embeddings=np.ones((1, 2, 16), np.float32), start="<I>")
+    if h.runtime.abi == "1.2":
+        with pytest.raises(rk.UnsupportedOnABIError, match="video input"):
+            native.run(h, rk.MultimodalInput(prompt="x", video=video))
+        with pytest.raises(rk.UnsupportedOnABIError, match="img_start"):
+            native.run(h, rk.MultimodalInput(prompt="x", image=marked))
+        assert rec.events == []
+    else:
+        native.run(h, rk.MultimodalInput(prompt="x <video>", video=video))
+        assert f"[video n=1x2x3x16 fnv={fnv1a(video.embeddings)}] " in rec.text()
+
+
+def test_per_run_options_are_abi_checked(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Sampling and max_new_tokens per run exist on 1.3; missing sampling fields come from init."""
+    h, _ = handle
+    opts = rk.InferOptions(sampling=rk.Sampling(temperature=0.3), max_new_tokens=2)
+    if h.runtime.abi == "1.2":
+        with pytest.raises(rk.UnsupportedOnABIError, match="per-run sampling"):
+            native.run(h, rk.Prompt(text="x"), opts)
+        with pytest.raises(rk.UnsupportedOnABIError, match="per-run max_new_tokens"):
+            native.run(h, rk.Prompt(text="x"), rk.InferOptions(max_new_tokens=2))
+        return
+    native.run(h, rk.Prompt(text="x"), opts)
+    info = native.fake_last_input(h)
+    assert info["max_new_tokens"] == 2
+    assert info["sampling"]["temperature"] == pytest.approx(0.3)
+    assert info["sampling"]["top_p"] == pytest.approx(h.params.top_p)
+
+
+def test_modes_return_copied_arrays(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Logits come back as float32 numpy copies, intact after the fake poisons its buffer."""
+    h, rec = handle
+    native.run(h, rk.TokenInput(ids=[1, 2, 3]), rk.InferOptions(mode=rk.InferMode.GET_LOGITS))
+    logits = rec.events[0][1][0].logits
+    assert logits is not None
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, logits_formula(0, 3, 4096))
+    rec.clear()
+    native.run(
+        h, rk.TokenInput(ids=[1, 2]), rk.InferOptions(mode=rk.InferMode.GET_LAST_HIDDEN_LAYER)
+    )
+    hidden = rec.events[0][1][0].hidden_states
+    assert hidden is not None
+    assert hidden.shape == (2, 16)
+
+
+def test_run_failure_raises_generation_error(rt: Runtime, model: ModelFactory) -> None:
+    """A non-zero rkllm_run is a GenerationError naming the function and code."""
+    h, _ = open_handle(rt, model(faults="run_fail=-3"))
+    try:
+        with pytest.raises(
+            rk.GenerationError, match="rkllm_run failed with return code -3"
+        ) as info:
+            native.run(h, rk.Prompt(text="x"))
+        assert info.value.code == -3
+    finally:
+        native.destroy(h)
+
+
+def test_batches_need_one_input_per_batch(rt: Runtime, model: ModelFactory) -> None:
+    """A handle with n_batch=2 takes exactly two inputs and reports two KV sizes."""
+    params = rk.ModelParams(extend=rk.ExtendParams(n_batch=2))
+    h, rec = open_handle(
+        rt, model(script=[{"match": "a", "reply": "A"}, {"match": "b", "reply": "BB"}]), params
+    )
+    try:
+        with pytest.raises(rk.InvalidParamsError, match="batches of 2 inputs, got 1"):
+            native.run(h, rk.Prompt(text="a"))
+        native.run(
+            h, [rk.Prompt(text="a"), rk.Prompt(text="b")], rk.InferOptions(keep_history=True)
+        )
+        assert (rec.text(0), rec.text(1)) == ("A", "BB")
+        assert len(native.kv_cache_size(h)) == 2
+    finally:
+        native.destroy(h)
+
+
+def test_run_async_keepalive_and_abort(rt: Runtime, model: ModelFactory) -> None:
+    """run_async returns at once; the keepalive holds the inputs; abort ends the run."""
+    h, rec = open_handle(rt, model(faults="hang_after=1"))
+    try:
+        keep = native.run_async(h, rk.TokenInput(ids=np.arange(50, dtype=np.int32)))
+        gc.collect()
+        assert native.is_running(h)
+        native.abort(h)
+        assert rec.done.wait(10)
+        assert rec.events[-1][0] == rk.CallState.FINISH
+        del keep
+        while native.is_running(h):
+            pass
+        assert not native.is_running(h)
+    finally:
+        native.destroy(h)
+
+
+# ---- KV cache, adapters, templates, tools, cross attention --------------------------------
+
+
+def test_kv_cache_size_and_clear(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Sizes come back as a list; full clears work; ranges are validated first."""
+    h, _ = handle
+    native.run(h, rk.Prompt(text="hello"), rk.InferOptions(keep_history=True))
+    (n,) = native.kv_cache_size(h)
+    assert n > 0
+    with pytest.raises(rk.InvalidParamsError, match="0 <= start <= end"):
+        native.clear_kv_cache(h, ranges=[(-1, 2)])
+    with pytest.raises(rk.InvalidParamsError, match="one \\(start, end\\) range per batch"):
+        native.clear_kv_cache(h, ranges=[(0, 1), (0, 1)])
+    with pytest.raises(rk.NativeCallError, match="rkllm_clear_kv_cache failed"):
+        native.clear_kv_cache(h, ranges=[(0, 1)])  # not a paused single-turn run
+    native.clear_kv_cache(h, keep_system_prompt=True)
+    assert 0 < native.kv_cache_size(h)[0] < n
+    native.clear_kv_cache(h)
+    assert native.kv_cache_size(h) == [0]
+
+
+def test_lora_adapters(handle: tuple[native.NativeHandle, Recorder], tmp_path: Path) -> None:
+    """Loading needs an existing file; a run selects the adapter by name."""
+    h, _ = handle
+    with pytest.raises(rk.NativeCallError, match="rkllm_load_lora failed with return code -1"):
+        native.load_lora(h, rk.LoraAdapter(path=tmp_path / "missing", name="x"))
+    (tmp_path / "a.rkllm").write_bytes(b"lora")
+    native.load_lora(h, rk.LoraAdapter(path=tmp_path / "a.rkllm", name="style", scale=0.5))
+    native.run(h, rk.Prompt(text="x"), rk.InferOptions(lora="style"))
+    assert native.fake_last_input(h)["lora"] == {"name": "style", "scale": 0.5}
+    with pytest.raises(rk.GenerationError):
+        native.run(h, rk.Prompt(text="x"), rk.InferOptions(lora="unknown"))
+
+
+def test_prompt_cache_round_trip(
+    handle: tuple[native.NativeHandle, Recorder], tmp_path: Path
+) -> None:
+    """Save on a run, load, fewer prefill tokens computed, release."""
+    h, rec = handle
+    path = tmp_path / "p.cache"
+    text = "a long shared system preamble for every request " * 4
+    native.run(
+        h, rk.Prompt(text=text + "one"), rk.InferOptions(prompt_cache=rk.PromptCache(path=path))
+    )
+    full = rec.events[-1][1][0].perf
+    native.load_prompt_cache(h, path)
+    rec.clear()
+    native.run(h, rk.Prompt(text=text + "two"))
+    reused = rec.events[-1][1][0].perf
+    assert full is not None and reused is not None
+    assert reused.prefill_tokens < full.prefill_tokens / 4
+    native.release_prompt_cache(h)
+    with pytest.raises(rk.NativeCallError, match="rkllm_load_prompt_cache"):
+        native.load_prompt_cache(h, tmp_path / "missing.cache")
+
+
+def test_chat_template_and_function_tools(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Templates and tools (dicts or JSON text) reach the runtime; bad tools are refused."""
+    h, rec = handle
+    native.set_chat_template(h, "S:", "U:", "|A:")
+    native.run(h, rk.Prompt(text="hi"))
+    assert native.fake_last_input(h)["inputs"][0]["templated"].startswith("S:U:hi|A:")
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lights_on",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"room": {"type": "string", "enum": ["hall"]}},
+                    "required": ["room"],
+                },
+            },
+        }
+    ]
+    native.set_function_tools(h, "You control a home.", tools)
+    rec.clear()
+    native.run(h, rk.Prompt(text="lights_on please"))
+    call = re.search(r"<tool_call>\n(.*)\n</tool_call>", rec.text())
+    assert call is not None
+    assert json.loads(call.group(1)) == {"name": "lights_on", "arguments": {"room": "hall"}}
+    native.set_function_tools(h, "", json.dumps(tools))
+    with pytest.raises(rk.InvalidParamsError, match="not JSON-serialisable"):
+        native.set_function_tools(h, "", [{"f": object()}])
+    with pytest.raises(rk.NativeCallError, match="rkllm_set_function_tools"):
+        native.set_function_tools(h, "", "[{")
+
+
+def test_cross_attention_arrays_stay_alive(rt: Runtime, model: ModelFactory) -> None:
+    """The handle keeps the arrays the runtime reads at every run; None clears them."""
+    params = rk.ModelParams(extend=rk.ExtendParams(use_cross_attn=True))
+    h, rec = open_handle(rt, model(num_layers=2, num_kv_heads=1, head_dim=4), params)
+    try:
+        rng = np.random.default_rng(3)
+        k = rng.standard_normal((2, 3, 1, 4)).astype(np.float32)
+        v = rng.standard_normal((2, 1, 4, 3)).astype(np.float32)
+        expected = fnv1a(k, v, np.zeros(3, np.float32), np.arange(3, dtype=np.int32))
+        native.set_cross_attention(
+            h,
+            rk.CrossAttention(
+                k_cache=k.copy(), v_cache=v.copy(), mask=np.zeros(3), positions=[0, 1, 2]
+            ),
+        )
+        gc.collect()  # the caller dropped its CrossAttention: the handle still holds the arrays
+        native.run(h, rk.Prompt(text="x"))
+        assert rec.text().startswith(f"[cross n=3 fnv={expected}] ")
+        native.set_cross_attention(h, None)
+        rec.clear()
+        native.run(h, rk.Prompt(text="x"))
+        assert "[cross" not in rec.text()
+    finally:
+        native.destroy(h)
+
+
+def test_cross_attention_needs_use_cross_attn(handle: tuple[native.NativeHandle, Recorder]) -> None:
+    """Without use_cross_attn at init the runtime refuses; the error names the function."""
+    h, _ = handle
+    ca = rk.CrossAttention(
+        k_cache=np.zeros((1, 1, 1, 1)), v_cache=np.zeros((1, 1, 1, 1)), mask=[0.0], positions=[0]
+    )
+    with pytest.raises(rk.NativeCallError, match="rkllm_set_cross_attn_params"):
+        native.set_cross_attention(h, ca)
+
+
+def test_optional_symbols_are_probed_not_required(
+    handle: tuple[native.NativeHandle, Recorder],
+) -> None:
+    """The fake exports no undocumented vendor symbols: the wrappers say so instead of crashing."""
+    h, _ = handle
+    assert "rkllm_print_timings" not in h.runtime.optional_symbols
+    with pytest.raises(rk.NativeCallError, match="does not export rkllm_print_timings"):
+        native.print_timings(h)
+    with pytest.raises(rk.NativeCallError, match="does not export rkllm_print_memorys"):
+        native.print_memorys(h)
+
+
+def test_tokenizer_and_embedding_callbacks_on_13(rt: Runtime, model: ModelFactory) -> None:
+    """1.3 takes tokenizer / embedding callbacks (with userdata); 1.2 refuses them by name."""
+    calls: list[int] = []
+
+    def tokenize(ud: object, text: object, n: int, tokens: object, cap: int) -> int:
+        calls.append(int(rt.ffi.cast("intptr_t", ud)))
+        tokens[0] = 7  # type: ignore[index]
+        return 1
+
+    tok = rt.ffi.callback("LLMTokenizerCallback", tokenize)
+    rec = Recorder(rt)
+    if rt.abi == "1.2":
+        with pytest.raises(rk.UnsupportedOnABIError, match="tokenizer / embedding callbacks"):
+            native.init(rt, model(), rk.ModelParams(), rec.callback, tokenizer_callback=tok)
+        return
+    h = native.init(
+        rt,
+        model(internal_tokenizer=False),
+        rk.ModelParams(),
+        rec.callback,
+        tokenizer_callback=tok,
+        tokenizer_userdata=rt.ffi.cast("void*", 42),
+    )
+    try:
+        native.run(h, rk.Prompt(text="hello"))
+        assert calls == [42]
+        assert rec.text().startswith(f"[tokenizer n=1 fnv={fnv1a(np.array([7], np.int32))}] ")
+    finally:
+        native.destroy(h)

@@ -27,9 +27,18 @@ class FakeRuntime(Extension):
         self.abi = abi
 
 
+class Bridge(Extension):
+    """The SDK's C result callback (bridge/), one build for both ABIs."""
+
+    def __init__(self) -> None:
+        super().__init__("rkllm_sdk._ffi.librkllm_bridge", sources=[])
+
+
 class BuildExt(build_ext):
     def get_ext_filename(self, fullname: str) -> str:
         parts = fullname.split(".")
+        if parts[-1] == "librkllm_bridge":
+            return str(Path(*parts[:-1], build_fake.BRIDGE_NAME))
         if parts[-1].startswith(_PREFIX):
             abi = parts[-1][len(_PREFIX) :].replace("_", ".")
             return str(Path(*parts[:-1], build_fake.library_name(abi)))
@@ -38,11 +47,13 @@ class BuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         if isinstance(ext, FakeRuntime):
             build_fake.build(ext.abi, Path(self.get_ext_fullpath(ext.name)))
+        elif isinstance(ext, Bridge):
+            build_fake.build_bridge(Path(self.get_ext_fullpath(ext.name)))
         else:
             super().build_extension(ext)
 
 
 setup(
-    ext_modules=[FakeRuntime(abi) for abi in build_fake.ABIS],
+    ext_modules=[*(FakeRuntime(abi) for abi in build_fake.ABIS), Bridge()],
     cmdclass={"build_ext": BuildExt},
 )

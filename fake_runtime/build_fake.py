@@ -29,6 +29,31 @@ SANITIZE = [
 ]
 
 
+BRIDGE_DIR = HERE.parent / "bridge"
+BRIDGE_NAME = "librkllm-bridge.so"
+
+
+def build_bridge(out: Path, *, sanitize: bool = False) -> Path:
+    """Compile the SDK's C bridge (bridge/bridge.c). Runtime ABIs 1.2 and 1.3 share the
+    result struct and callback signature it uses, so one build serves both."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flags = [*CFLAGS, *(SANITIZE if sanitize else [])]
+    cmd = [
+        *compiler(),
+        *flags,
+        "-DRKLLM_ABI=13",
+        f"-I{HERE / 'include'}",
+        f"-I{BRIDGE_DIR}",
+        str(BRIDGE_DIR / "bridge.c"),
+        "-shared",
+        "-Wl,-z,defs",
+        "-o",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 def library_name(abi: str) -> str:
     """File name of the fake runtime for ``abi`` ("1.2" or "1.3")."""
     return f"librkllmrt-fake-{abi}.so"
@@ -100,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for abi in args.abi or ABIS:
         path = build(abi, args.out_dir / library_name(abi), sanitize=args.sanitize)
         print(path)
+    print(build_bridge(args.out_dir / BRIDGE_NAME, sanitize=args.sanitize))
     return 0
 
 

@@ -23,7 +23,7 @@ import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -56,9 +56,12 @@ from .models import (
 )
 
 __all__ = [
+    "Channel",
+    "Drained",
     "NativeHandle",
     "RunKeepalive",
     "abort",
+    "bridge_live_objects",
     "clear_kv_cache",
     "default_params",
     "destroy",
@@ -70,12 +73,14 @@ __all__ = [
     "load_lora",
     "load_prompt_cache",
     "merge_params",
+    "prepare_run",
     "print_memorys",
     "print_timings",
     "read_results",
     "release_prompt_cache",
     "run",
     "run_async",
+    "run_prepared",
     "set_chat_template",
     "set_cross_attention",
     "set_function_tools",
@@ -441,17 +446,20 @@ def _infer_struct(h: NativeHandle, options: InferOptions, keep: list[Any]) -> An
 
 
 class RunKeepalive:
-    """Owns the C structs, strings and arrays of an async run; keep it until FINISH / ERROR."""
+    """Owns the C structs, strings and arrays of a run; keep it until the run has ended."""
 
-    __slots__ = ("_keep",)
+    __slots__ = ("_keep", "infer", "inputs")
 
-    def __init__(self, keep: list[Any]) -> None:
+    def __init__(self, inputs: Any, infer: Any, keep: list[Any]) -> None:
+        self.inputs = inputs
+        self.infer = infer
         self._keep = keep
 
 
-def _prepare(
+def prepare_run(
     h: NativeHandle, inputs: Input | Sequence[Input], options: InferOptions
-) -> tuple[Any, Any, list[Any]]:
+) -> RunKeepalive:
+    """Check and convert a run's inputs and options to C, without calling the runtime."""
     items = [inputs] if not isinstance(inputs, Sequence) else list(inputs)
     if len(items) != h.n_batch:
         raise InvalidParamsError(
@@ -462,7 +470,13 @@ def _prepare(
     keep.append(arr)
     for c, item in zip(arr, items, strict=True):
         _fill_input(h.runtime, c, item, keep)
-    return arr, _infer_struct(h, options, keep), keep
+    return RunKeepalive(arr, _infer_struct(h, options, keep), keep)
+
+
+def run_prepared(h: NativeHandle, prepared: RunKeepalive, *, userdata: Any = None) -> None:
+    """``rkllm_run`` on a prepared run (blocking). Raises GenerationError on failure."""
+    rc = h.runtime.lib.rkllm_run(h.ptr(), prepared.inputs, prepared.infer, _userdata(h, userdata))
+    _check("rkllm_run", rc, GenerationError)
 
 
 def _userdata(h: NativeHandle, userdata: Any) -> Any:
@@ -482,10 +496,7 @@ def run(
         GenerationError: the runtime returned non-zero (busy handle, bad input it refused,
             or a run that ended in RKLLM_RUN_ERROR).
     """
-    arr, infer, keep = _prepare(h, inputs, options or InferOptions())
-    rc = h.runtime.lib.rkllm_run(h.ptr(), arr, infer, _userdata(h, userdata))
-    del keep  # the runtime is done with every buffer once rkllm_run returns
-    _check("rkllm_run", rc, GenerationError)
+    run_prepared(h, prepare_run(h, inputs, options or InferOptions()), userdata=userdata)
 
 
 def run_async(
@@ -496,10 +507,12 @@ def run_async(
     userdata: Any = None,
 ) -> RunKeepalive:
     """``rkllm_run_async``: returns at once; keep the result alive until the run ends."""
-    arr, infer, keep = _prepare(h, inputs, options or InferOptions())
-    rc = h.runtime.lib.rkllm_run_async(h.ptr(), arr, infer, _userdata(h, userdata))
+    prepared = prepare_run(h, inputs, options or InferOptions())
+    rc = h.runtime.lib.rkllm_run_async(
+        h.ptr(), prepared.inputs, prepared.infer, _userdata(h, userdata)
+    )
     _check("rkllm_run_async", rc, GenerationError)
-    return RunKeepalive(keep)
+    return prepared
 
 
 def abort(h: NativeHandle) -> None:
@@ -718,3 +731,133 @@ def read_results(rt: Runtime, result: Any, n_batch: int, state: CallState) -> li
             )
         )
     return out
+
+
+# ---- the C bridge's channel --------------------------------------------------------------
+
+#: One drained event: (state, batch, token_id, text or None, array or None, array kind 0/1/2).
+RawEvent = tuple[int, int, int, bytes | None, "np.ndarray[Any, np.dtype[np.float32]] | None", int]
+
+
+class Drained(NamedTuple):
+    """What one drain of a channel gave: events, and the run's state."""
+
+    events: list[RawEvent]
+    finished: bool  # the terminal callback has been drained
+    run_done: bool  # rkllm_run returned (the runtime is done with every buffer)
+    run_rc: int
+    perf: list[PerfStats]  # per batch, once finished
+
+
+class Channel:
+    """One run's event channel in the C bridge; its pointer is the run's userdata.
+
+    The bridge's result callback (``rkb_result_callback``, pure C) fills it on the runtime
+    thread; the consumer drains it and waits on :attr:`fd` when it is empty.
+    """
+
+    __slots__ = ("_bridge", "_dtype", "_ffi", "_page", "_ptr", "fd", "n_batch")
+
+    def __init__(
+        self,
+        rt: Runtime,
+        n_batch: int,
+        *,
+        array_rows: int = 0,
+        release_buffers: bool = False,
+        max_pending: int = 65536,
+    ) -> None:
+        self._ffi = rt.ffi
+        self._bridge = rt.bridge
+        ptr = rt.bridge.rkb_channel_new(n_batch, array_rows, int(release_buffers), max_pending)
+        if ptr == rt.ffi.NULL:
+            raise NativeCallError("rkb_channel_new failed (out of memory or file descriptors)")
+        self._ptr: Any = ptr
+        self.fd: int = int(rt.bridge.rkb_channel_fd(ptr))
+        self.n_batch = n_batch
+        self._page = rt.ffi.new("rkb_page*")
+        fields = (
+            "state",
+            "batch",
+            "token_id",
+            "text_off",
+            "text_len",
+            "array_kind",
+            "rows",
+            "cols",
+            "array",
+        )
+        self._dtype = np.dtype(
+            {
+                "names": list(fields),
+                "formats": ["<i4", "<i4", "<i4", "<u4", "<u4", "<i4", "<i4", "<i4", "<u8"],
+                "offsets": [rt.ffi.offsetof("rkb_event", f) for f in fields],
+                "itemsize": rt.ffi.sizeof("rkb_event"),
+            }
+        )
+
+    @property
+    def userdata(self) -> Any:
+        """The pointer to hand to rkllm_run as userdata."""
+        return self._ptr
+
+    def drain(self) -> Drained:
+        """Take every pending event (never blocks). Empty: the next event will wake :attr:`fd`."""
+        ffi, page = self._ffi, self._page
+        n = int(self._bridge.rkb_channel_drain(self._ptr, page))
+        events: list[RawEvent] = []
+        if n:
+            text = ffi.buffer(page.text, page.text_len)[:] if page.text_len else b""
+            table = np.frombuffer(
+                ffi.buffer(page.events, n * self._dtype.itemsize), dtype=self._dtype
+            )
+            for state, batch, token, t_off, t_len, kind, nr, nc, addr in table.tolist():
+                piece = None if t_len == 0xFFFFFFFF else text[t_off : t_off + t_len]
+                array = None
+                if addr:
+                    # The bridge malloc'ed this copy for us: numpy owns it now (freed with it).
+                    owned = ffi.gc(ffi.cast("float*", addr), self._bridge.rkb_free)
+                    raw = ffi.buffer(owned, 4 * nr * nc)
+                    array = np.frombuffer(raw, dtype=np.float32).reshape(nr, nc)
+                events.append((state, batch, token, piece, array, kind))
+        perf = []
+        if page.finished:
+            for b in range(self.n_batch):
+                p = page.perf[b]
+                perf.append(
+                    PerfStats(
+                        prefill_time_ms=float(p.prefill_time_ms),
+                        prefill_tokens=int(p.prefill_tokens),
+                        generate_time_ms=float(p.generate_time_ms),
+                        generate_tokens=int(p.generate_tokens),
+                        memory_usage_mb=float(p.memory_usage_mb),
+                    )
+                )
+        return Drained(events, bool(page.finished), bool(page.run_done), int(page.run_rc), perf)
+
+    def ack(self) -> None:
+        """Reset the fd after a wakeup."""
+        self._bridge.rkb_channel_ack(self._ptr)
+
+    def pause(self) -> None:
+        """Make the next result callback return 1 (pause)."""
+        self._bridge.rkb_channel_pause(self._ptr)
+
+    def close(self) -> None:
+        """The consumer is gone: drop later events, release a blocked runtime thread."""
+        self._bridge.rkb_channel_close(self._ptr)
+
+    def set_done(self, rc: int) -> None:
+        """Called by the thread that ran rkllm_run, after it returned."""
+        self._bridge.rkb_channel_set_done(self._ptr, rc)
+
+    def free(self) -> None:
+        """Free the channel. Only after rkllm_run has returned (the runtime is done with it)."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            self._bridge.rkb_channel_free(ptr)
+
+
+def bridge_live_objects(rt: Runtime) -> int:
+    """Channels and arrays the bridge has allocated and not freed (for leak tests)."""
+    return int(rt.bridge.rkb_live_objects())

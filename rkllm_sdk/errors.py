@@ -41,7 +41,10 @@ UnsupportedOnABIError      -32602    400
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from .stream import Generation
 
 __all__ = [
     "ERROR_CODES",
@@ -104,7 +107,17 @@ class BusyError(RKLLMError):
 
 
 class GenerationError(RKLLMError):
-    """A run failed: ``rkllm_run`` returned non-zero or the runtime reported an error."""
+    """A run failed: ``rkllm_run`` returned non-zero or the runtime reported an error.
+
+    Attributes:
+        generation: what the run produced before it failed (a ``Generation``), when known.
+    """
+
+    def __init__(
+        self, message: str, *, code: int | None = None, generation: Generation | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.generation = generation
 
 
 class AbortedError(RKLLMError):

@@ -58,7 +58,7 @@ def cdef_source(abi: str, *, fake: bool = False, optional: bool = False) -> str:
 
 
 def ffi_for(abi: str) -> cffi.FFI:
-    """The cffi FFI of ``abi``, with every public, optional and fake-only declaration.
+    """The cffi FFI of ``abi``: every public, optional and fake-only declaration, and the bridge.
 
     Declaring a function does not require the library to export it: a missing one fails
     only when it is used, which is how optional symbols are probed.
@@ -67,6 +67,6 @@ def ffi_for(abi: str) -> cffi.FFI:
     with _lock:
         if abi not in _ffis:
             ffi = cffi.FFI()
-            ffi.cdef(cdef_source(abi, fake=True, optional=True))
+            ffi.cdef(cdef_source(abi, fake=True, optional=True) + _read("bridge.cdef"))
             _ffis[abi] = ffi
         return _ffis[abi]

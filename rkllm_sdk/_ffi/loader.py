@@ -85,6 +85,7 @@ class Runtime:
     # library object is untyped; only _ffi and _native touch them.
     ffi: Any = attrs.field(repr=False, eq=False)
     lib: Any = attrs.field(repr=False, eq=False)
+    bridge: Any = attrs.field(repr=False, eq=False)  # the SDK's C bridge, loaded with this ffi
 
 
 # ---- locating the library ----------------------------------------------------------------
@@ -290,6 +291,24 @@ def _dlopen(path: Path, abi: str) -> tuple[Any, frozenset[str]]:
         return _loaded[key]
 
 
+_bridges: dict[str, Any] = {}
+BRIDGE_PATH = Path(__file__).resolve().parent / "librkllm-bridge.so"
+
+
+def _load_bridge(abi: str) -> Any:
+    """The SDK's C bridge (built with the package), opened once per ABI's FFI."""
+    with _load_lock:
+        if abi not in _bridges:
+            try:
+                _bridges[abi] = ffi_for(abi).dlopen(str(BRIDGE_PATH))
+            except OSError as exc:
+                raise RuntimeNotFoundError(
+                    f"the SDK's bridge library {BRIDGE_PATH} is missing or broken ({exc}): "
+                    f"reinstall rkllm-sdk so its build compiles it"
+                ) from exc
+        return _bridges[abi]
+
+
 def load_runtime(
     runtime: str | os.PathLike[str] | None = None, *, abi: str | None = None
 ) -> Runtime:
@@ -315,4 +334,5 @@ def load_runtime(
         optional_symbols=found,
         ffi=ffi_for(chosen),
         lib=lib,
+        bridge=_load_bridge(chosen),
     )

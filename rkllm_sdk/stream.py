@@ -1,0 +1,448 @@
+"""TokenStream: one run's tokens as an async iterator, and what it produced.
+
+A stream is a context manager over one run on one handle::
+
+    async with llm.stream("Hello") as s:
+        async for chunk in s:
+            print(chunk.text, end="")
+    generation = s.result()
+
+Entering queues for the handle (FIFO) and starts the run on a worker thread; the runtime's
+callbacks go to the C bridge, never to Python. Iterating drains everything the bridge holds
+at once and waits on its file descriptor when it is empty. Leaving early (break, an
+exception, cancellation, a timeout, or :meth:`TokenStream.aclose` from another task) aborts
+the run on the NPU and returns only once ``rkllm_run`` has returned, so the runtime is done
+with every buffer; then the handle serves the next caller.
+
+Text is never split inside a UTF-8 character: bytes the runtime delivers with
+``RKLLM_RUN_WAITING`` are held until the character is complete.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple
+
+import anyio
+import attrs
+import numpy as np
+
+from . import _native as native
+from .arrays import FloatArray
+from .errors import GenerationError, RKLLMError
+from .models import CallState, InferOptions, Input, PerfStats
+
+if TYPE_CHECKING:
+    from .llm import AsyncLLM
+
+__all__ = ["Chunk", "Generation", "TokenStream"]
+
+#: How long closing a stream waits for the runtime to return after an abort before giving
+#: up on it (the channel is then leaked rather than freed under the runtime's feet).
+ABORT_GRACE_S = 30.0
+
+
+class Chunk(NamedTuple):
+    """One piece of streamed text, in order.
+
+    A NamedTuple rather than an attrs class: one is built per token on the hot path, and a
+    tuple is several times cheaper to create while being just as immutable and typed.
+
+    Attributes:
+        seq: position of this chunk in the stream (0, 1, 2, ...).
+        text: complete UTF-8 characters (may be "" on the final chunk).
+        token_ids: the tokens whose bytes this text completes.
+        batch: which input of a batched run it belongs to.
+        finish_reason: on each batch's last chunk: "stop", "length", "abort", "pause" or
+            "error".
+        perf: on each batch's last chunk: the runtime's measurements.
+    """
+
+    seq: int
+    text: str
+    token_ids: tuple[int, ...]
+    batch: int = 0
+    finish_reason: str | None = None
+    perf: PerfStats | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Generation:
+    """The whole result of a run (one per input of a batched run).
+
+    Attributes:
+        text: everything generated (stop strings trimmed).
+        token_ids: every generated token id.
+        finish_reason: "stop", "length", "abort", "pause" or "error".
+        perf: the runtime's measurements (prefill / generate times and tokens, memory).
+        ttft_ms: time from the start of the run to the first token, measured by the SDK.
+        chunks: how many text chunks were streamed.
+        batch: index of the input in a batched run.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    perf: PerfStats | None
+    ttft_ms: float | None
+    chunks: int
+    batch: int = 0
+
+
+class _Batch:
+    """Accumulated state of one batch entry."""
+
+    __slots__ = (
+        "arrays",
+        "chunks",
+        "decoder",
+        "generated",
+        "held",
+        "ids",
+        "pending",
+        "stopped",
+        "text",
+    )
+
+    def __init__(self) -> None:
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text: list[str] = []
+        self.ids: list[int] = []
+        self.pending: list[int] = []  # ids not yet attached to a chunk
+        self.held = ""  # text held back while it could be the start of a stop string
+        self.generated = 0
+        self.chunks = 0
+        self.stopped = False
+        self.arrays: list[FloatArray] = []
+
+
+class TokenStream:
+    """An async iterator of :class:`Chunk` over one run; use it as ``async with``.
+
+    Created by :meth:`AsyncLLM.stream`; see the module docstring for the lifecycle.
+    """
+
+    def __init__(
+        self,
+        llm: AsyncLLM,
+        inputs: Input | Sequence[Input],
+        options: InferOptions,
+        *,
+        stop: Sequence[str] = (),
+        wait: bool = True,
+        limit: int | None = None,
+        array_rows: int = 0,
+    ) -> None:
+        self._llm = llm
+        self._inputs = inputs
+        self._options = options
+        self._stop = tuple(s for s in stop if s)
+        self._hold = max((len(s) for s in self._stop), default=1) - 1
+        self._wait = wait
+        self._limit = limit
+        self._array_rows = array_rows
+        self._state = "new"
+        self._chunks: deque[Chunk] = deque()
+        self._seq = 0
+        self._batches: list[_Batch] = []
+        self._channel: native.Channel | None = None
+        self._prepared: native.RunKeepalive | None = None
+        self._abort_reason: str | None = None
+        self._worker_error: BaseException | None = None
+        self._result: list[Generation] | None = None
+        self._error: RKLLMError | None = None
+        self._pump_lock = anyio.Lock()
+        self._t0 = 0.0
+        self._ttft_ms: float | None = None
+        self._terminal_state: int | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TokenStream:
+        if self._state != "new":
+            raise RuntimeError("a TokenStream can be entered only once")
+        self._state = "starting"
+        await self._llm._acquire(self._wait, self)
+        try:
+            handle = self._llm._native_handle()
+            self._prepared = native.prepare_run(handle, self._inputs, self._options)
+            if self._stop and handle.n_batch > 1:
+                raise GenerationError("stop strings need a single-batch handle")
+            release = handle.runtime.abi == "1.3" and self._array_rows > 0
+            self._channel = native.Channel(
+                handle.runtime, handle.n_batch, array_rows=self._array_rows, release_buffers=release
+            )
+            self._batches = [_Batch() for _ in range(handle.n_batch)]
+            thread = threading.Thread(
+                target=self._worker, args=(handle,), name="rkllm-run", daemon=True
+            )
+            self._t0 = time.perf_counter()
+            self._state = "running"
+            thread.start()
+        except BaseException:
+            self._state = "closed"
+            self._release_channel()
+            self._llm._release()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _worker(self, handle: native.NativeHandle) -> None:
+        # Runs rkllm_run on its own thread; the callbacks never come back into Python.
+        assert self._channel is not None and self._prepared is not None
+        rc = 0
+        try:
+            native.run_prepared(handle, self._prepared, userdata=self._channel.userdata)
+        except GenerationError as exc:
+            rc = exc.code if exc.code is not None else -1
+        except BaseException as exc:  # surfaced to the consumer, never lost on this thread
+            self._worker_error = exc
+            rc = -1
+        finally:
+            self._channel.set_done(rc)
+
+    async def aclose(self) -> None:
+        """Stop the run if it is still going and wait until the runtime has let go of it.
+
+        Idempotent, and safe from any task. Never interrupted by cancellation.
+        """
+        if self._state in ("new", "starting"):
+            self._state = "closed"
+            return
+        if self._state in ("finished", "closed", "closing"):
+            return
+        self._state = "closing"
+        channel = self._channel
+        assert channel is not None
+        with anyio.CancelScope(shield=True):
+            self._abort_reason = self._abort_reason or "abort"
+            self._abort_run()
+            channel.close()
+            async with self._pump_lock:
+                with anyio.move_on_after(ABORT_GRACE_S) as scope:
+                    while not channel.drain().run_done:
+                        await anyio.wait_readable(channel.fd)
+                        channel.ack()
+            if scope.cancelled_caught:
+                warnings.warn(
+                    f"the runtime did not return within {ABORT_GRACE_S} s of an abort; its "
+                    "buffers are left allocated so it cannot touch freed memory",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._channel = None
+            self._release_channel()
+            self._llm._release()
+        self._state = "closed"
+
+    def _abort_run(self) -> None:
+        handle = self._llm._native_handle_or_none()
+        if handle is not None:
+            with contextlib.suppress(RKLLMError):  # the run is ending anyway
+                native.abort(handle)
+
+    def _release_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.free()
+            self._channel = None
+        self._prepared = None
+
+    def abort(self) -> None:
+        """Ask the runtime to stop; iteration then ends with finish_reason "abort".
+
+        Unlike :meth:`aclose` it does not wait; the remaining chunks can still be read.
+        """
+        if self._state == "running":
+            self._abort_reason = self._abort_reason or "abort"
+            self._abort_run()
+
+    def pause(self) -> None:
+        """Ask the runtime to pause after the next token (the callback returns 1).
+
+        The run ends (FINISH) with the KV cache kept; the next run continues from it.
+        """
+        if self._channel is not None and self._state == "running":
+            self._abort_reason = self._abort_reason or "pause"
+            self._channel.pause()
+
+    # ---- iteration -------------------------------------------------------------------------
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while not self._chunks:
+            if self._state == "running":
+                await self._pump()
+                continue
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._state in ("new", "starting"):
+                raise RuntimeError("enter the stream first: `async with llm.stream(...) as s`")
+            raise StopAsyncIteration
+        return self._chunks.popleft()
+
+    async def _pump(self) -> None:
+        async with self._pump_lock:
+            channel = self._channel
+            if self._state != "running" or channel is None:
+                return
+            drained = channel.drain()
+            if drained.events:
+                self._process(drained.events)
+            # run_done is read under the same lock as the events: once it is set, this drain
+            # holds everything the run produced (a refused run produces no callback at all).
+            if drained.run_done:
+                self._finish(drained)
+            elif not drained.events:
+                await anyio.wait_readable(channel.fd)
+                channel.ack()
+
+    def _process(self, events: list[native.RawEvent]) -> None:
+        for state, batch, token, text, array, _kind in events:
+            if state in (CallState.FINISH, CallState.ERROR):
+                self._terminal_state = state
+                continue
+            b = self._batches[batch]
+            if array is not None:
+                b.arrays.append(array)
+            if token < 0 or b.stopped:
+                continue
+            if self._ttft_ms is None:
+                self._ttft_ms = (time.perf_counter() - self._t0) * 1e3
+            b.generated += 1
+            b.ids.append(token)
+            b.pending.append(token)
+            if text:
+                piece = b.decoder.decode(text)
+                if piece:
+                    self._emit_text(b, batch, piece)
+
+    def _emit_text(self, b: _Batch, batch: int, piece: str) -> None:
+        if not self._stop:
+            self._push(b, batch, piece)
+            return
+        held = b.held + piece
+        cut = min((i for i in (held.find(s) for s in self._stop) if i >= 0), default=-1)
+        if cut >= 0:
+            b.held = ""
+            if cut:
+                self._push(b, batch, held[:cut])
+            b.stopped = True
+            self._abort_reason = "stop"
+            self._abort_run()
+            return
+        keep = len(held) - self._hold
+        if keep > 0:
+            self._push(b, batch, held[:keep])
+            held = held[keep:]
+        b.held = held
+
+    def _push(self, b: _Batch, batch: int, text: str) -> None:
+        b.text.append(text)
+        b.chunks += 1
+        self._chunks.append(Chunk(self._seq, text, tuple(b.pending), batch))
+        self._seq += 1
+        b.pending.clear()
+
+    def _finish(self, drained: native.Drained) -> None:
+        failed = (
+            self._terminal_state == CallState.ERROR
+            or drained.run_rc != 0
+            or self._worker_error is not None
+        )
+        results = []
+        for index, b in enumerate(self._batches):
+            tail = b.decoder.decode(b"", final=True)
+            if not b.stopped and (tail or b.held):
+                b.held, rest = "", b.held + tail
+                self._push(b, index, rest)
+            if failed:
+                reason = "error"
+            elif self._abort_reason is not None:
+                reason = self._abort_reason
+            elif self._limit is not None and b.generated >= self._limit:
+                reason = "length"
+            else:
+                reason = "stop"
+            perf = drained.perf[index] if index < len(drained.perf) else None
+            if not failed:  # a failed run raises after its chunks instead of a final chunk
+                self._chunks.append(Chunk(self._seq, "", tuple(b.pending), index, reason, perf))
+                self._seq += 1
+                b.pending.clear()
+            results.append(
+                Generation(
+                    text="".join(b.text),
+                    token_ids=tuple(b.ids),
+                    finish_reason=reason,
+                    perf=perf,
+                    ttft_ms=self._ttft_ms,
+                    chunks=b.chunks,
+                    batch=index,
+                )
+            )
+        self._result = results
+        self._state = "finished"
+        self._release_channel()
+        self._llm._release()
+        if failed:
+            cause = self._worker_error
+            error = GenerationError(
+                f"the run failed (rkllm_run returned {drained.run_rc}); "
+                f"{len(results[0].text)} characters were generated before the error",
+                code=drained.run_rc or -1,
+                generation=results[0],
+            )
+            if cause is not None:
+                error.__cause__ = cause
+            self._error = error
+
+    # ---- results ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the run has ended and every chunk has been produced."""
+        return self._state == "finished"
+
+    def result(self, batch: int = 0) -> Generation:
+        """The finished run's :class:`Generation` (of ``batch`` for batched runs).
+
+        Raises:
+            RuntimeError: the run has not finished (or was closed before it did).
+        """
+        if self._result is None:
+            raise RuntimeError("the stream has not finished: iterate it to the end first")
+        return self._result[batch]
+
+    def results(self) -> list[Generation]:
+        """Every batch's :class:`Generation`."""
+        self.result()
+        assert self._result is not None
+        return list(self._result)
+
+    async def final(self) -> Generation:
+        """Consume the rest of the stream and return its :class:`Generation`."""
+        async for _ in self:
+            pass
+        return self.result()
+
+    def _arrays(self, batch: int) -> FloatArray:
+        rows = self._batches[batch].arrays
+        if not rows:
+            raise GenerationError("the runtime delivered no logits / hidden states for this run")
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)

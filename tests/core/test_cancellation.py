@@ -1,0 +1,216 @@
+"""Leaving a stream early, cancellation, closing, FIFO queueing, busy handles, failures."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import rkllm_sdk as rk
+from rkllm_sdk import _native
+from rkllm_sdk.llm import open_handles
+
+from .conftest import LoadLLM
+
+pytestmark = pytest.mark.anyio
+
+
+async def aborts(llm: rk.llm.AsyncLLM) -> int:
+    return _native.fake_stats(llm.runtime)["aborts"]
+
+
+async def test_break_aborts_and_the_handle_serves_the_next_call(load: LoadLLM) -> None:
+    """Breaking out of the loop aborts the run; the next request runs at once."""
+    llm = await load(decode_ms=2, natural_end=False)
+    before = await aborts(llm)
+    async with llm.stream("long") as s:
+        async for chunk in s:
+            if chunk.seq == 2:
+                break
+    assert await aborts(llm) == before + 1
+    assert not llm.is_running()
+    gen = await llm.generate("next", max_new_tokens=3) if llm.runtime.abi == "1.3" else None
+    if gen is not None:
+        assert gen.finish_reason == "length"
+
+
+async def test_timeout_mid_stream_aborts(load: LoadLLM) -> None:
+    """A caller's timeout cancels the consumer; the run is aborted and cleaned up."""
+    llm = await load(faults="hang_after=2")
+    with anyio.move_on_after(0.2) as scope:
+        async with llm.stream("x") as s:
+            async for _ in s:
+                pass
+    assert scope.cancelled_caught
+    assert not llm.is_running()
+    with pytest.raises(RuntimeError, match="not finished"):
+        s.result()
+
+
+async def test_cancel_during_prefill(load: LoadLLM) -> None:
+    """Cancellation before the first token (a very long prefill) aborts the prefill."""
+    llm = await load(prefill_ms=10_000)
+    with anyio.move_on_after(0.1) as scope:
+        await llm.generate("x")
+    assert scope.cancelled_caught
+    assert not llm.is_running()
+
+
+async def test_exception_in_the_loop_aborts(load: LoadLLM) -> None:
+    """An exception raised while iterating propagates after the run is aborted."""
+    llm = await load(decode_ms=1, natural_end=False)
+
+    async def consume() -> None:
+        async with llm.stream("x") as s:
+            async for _ in s:
+                raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        await consume()
+    assert not llm.is_running()
+
+
+async def test_aclose_from_another_task(load: LoadLLM) -> None:
+    """A stream closed from another task ends the consumer's loop cleanly."""
+    llm = await load(faults="hang_after=3")
+    seen: list[str] = []
+    async with llm.stream("x") as s, anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async for chunk in s:
+                seen.append(chunk.text)
+
+        tg.start_soon(consume)
+        while len(seen) < 3:
+            await anyio.sleep(0.001)
+        await s.aclose()
+        await s.aclose()  # idempotent
+    assert len(seen) == 3
+    assert not llm.is_running()
+
+
+async def test_pause_keeps_the_cache_for_the_next_run(load: LoadLLM) -> None:
+    """pause() ends the run after the next token with the KV cache kept."""
+    llm = await load(natural_end=False, decode_ms=1)
+    async with llm.stream("x", keep_history=False) as s:
+        async for chunk in s:
+            if chunk.seq == 0:
+                s.pause()
+    assert s.result().finish_reason == "pause"
+    assert (await llm.kv_cache_size())[0] > 0
+
+
+async def test_fifo_queue_of_eight_callers(load: LoadLLM) -> None:
+    """Eight concurrent callers on one handle are served one at a time, in arrival order."""
+    llm = await load(
+        decode_ms=1, script=[{"match": f"q{k}", "reply": f"answer {k}"} for k in range(8)]
+    )
+    finished: list[int] = []
+    results: dict[int, str] = {}
+
+    async def ask(k: int) -> None:
+        gen = await llm.generate(f"q{k}")
+        results[k] = gen.text
+        finished.append(k)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(8):
+            tg.start_soon(ask, k)
+            await anyio.sleep(0.005)  # arrive in order
+    assert finished == list(range(8))
+    assert results == {k: f"answer {k}" for k in range(8)}
+
+
+async def test_wait_false_raises_busy(load: LoadLLM) -> None:
+    """With a stream open, wait=False raises BusyError at once."""
+    llm = await load(faults="hang_after=1")
+    async with llm.stream("x") as s:
+        async for _ in s:
+            with pytest.raises(rk.BusyError):
+                async with llm.stream("y", wait=False):
+                    pass
+            break
+
+
+async def test_four_handles_stream_at_once(load: LoadLLM) -> None:
+    """Several handles run side by side, each reply intact."""
+    llms = [
+        await load(decode_ms=1, script=[{"match": "x", "reply": f"reply of handle {k} 完了"}])
+        for k in range(4)
+    ]
+    texts: dict[int, str] = {}
+
+    async def run(k: int) -> None:
+        texts[k] = (await llms[k].generate("x")).text
+
+    async with anyio.create_task_group() as tg:
+        for k in range(4):
+            tg.start_soon(run, k)
+    assert texts == {k: f"reply of handle {k} 完了" for k in range(4)}
+
+
+async def test_error_mid_stream_keeps_what_was_generated(load: LoadLLM) -> None:
+    """RKLLM_RUN_ERROR: earlier chunks arrive, then GenerationError with the partial text."""
+    llm = await load(natural_end=False, faults="error_after=4")
+    chunks: list[str] = []
+    with pytest.raises(rk.GenerationError) as info:
+        async with llm.stream("x") as s:
+            async for chunk in s:
+                chunks.append(chunk.text)
+    partial = info.value.generation
+    assert partial is not None
+    assert partial.finish_reason == "error"
+    assert partial.text == "".join(chunks)
+    assert len(partial.token_ids) == 4
+    assert not llm.is_running()
+
+
+async def test_run_refused_by_the_runtime(load: LoadLLM) -> None:
+    """rkllm_run returning an error code is a GenerationError carrying that code."""
+    llm = await load(faults="run_fail=-5")
+    with pytest.raises(rk.GenerationError) as info:
+        await llm.generate("x")
+    assert info.value.code == -5
+
+
+async def test_aclose_is_idempotent_and_fails_queued_callers(load: LoadLLM) -> None:
+    """Closing aborts the running stream, fails queued callers, and later calls."""
+    llm = await load(faults="hang_after=1")
+    outcome: list[str] = []
+
+    async def queued() -> None:
+        try:
+            await llm.generate("second")
+        except rk.ClosedError:
+            outcome.append("closed")
+
+    async with anyio.create_task_group() as tg:
+
+        async def first() -> None:
+            async with llm.stream("first") as s:
+                async for _ in s:
+                    pass
+            outcome.append(s.result().finish_reason if s.finished else "ended")
+
+        tg.start_soon(first)
+        await anyio.sleep(0.05)
+        tg.start_soon(queued)
+        await anyio.sleep(0.05)
+        await llm.aclose()
+        await llm.aclose()
+    assert sorted(outcome) == ["abort", "closed"] or sorted(outcome) == ["closed", "ended"]
+    assert llm.closed
+    assert open_handles() == []
+    with pytest.raises(rk.ClosedError):
+        await llm.generate("x")
+
+
+async def test_streams_are_entered_once_and_iterated_inside(load: LoadLLM) -> None:
+    """Iterating before entering, or entering twice, is a usage error."""
+    llm = await load()
+    s = llm.stream("x")
+    with pytest.raises(RuntimeError, match="enter the stream first"):
+        await s.__anext__()
+    async with s:
+        await s.final()
+    with pytest.raises(RuntimeError, match="only once"):
+        await s.__aenter__()

@@ -1,0 +1,130 @@
+"""AsyncLLM.generate / stream on the fake: text, chunks, UTF-8, limits, stop strings, arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rkllm_sdk as rk
+from rkllm_sdk import _native
+from rkllm_sdk.llm import AsyncLLM, open_handles
+
+from ..fake_runtime.driver import hidden_formula, logits_formula, reference_pieces
+from .conftest import LoadLLM
+
+pytestmark = pytest.mark.anyio
+
+REPLY = "Kitchen light on. 台所の電気 💡 done."
+
+
+async def test_generate_returns_the_whole_reply(load: LoadLLM) -> None:
+    """generate() gives the reply, its token ids, finish reason, perf and time to first token."""
+    llm = await load(script=[{"match": "kitchen", "reply": REPLY}])
+    gen = await llm.generate("turn on the kitchen light")
+    assert gen.text == REPLY
+    assert gen.finish_reason == "stop"
+    assert gen.perf is not None
+    assert len(gen.token_ids) == gen.perf.generate_tokens
+    assert gen.ttft_ms is not None and gen.ttft_ms > 0
+    assert gen.chunks > 0
+
+
+async def test_chunks_are_ordered_and_never_split_characters(load: LoadLLM) -> None:
+    """seq counts up from 0; texts join to the reply; no chunk ends inside a character."""
+    llm = await load(script=[{"match": "x", "reply": REPLY}])
+    async with llm.stream("x") as s:
+        chunks = [c async for c in s]
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.text for c in chunks) == REPLY
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert any(len(c.token_ids) > 1 for c in chunks), "WAITING tokens were merged"
+    last = chunks[-1]
+    assert (last.text, last.finish_reason) == ("", "stop")
+    assert last.perf == s.result().perf
+    assert [i for c in chunks for i in c.token_ids] == list(s.result().token_ids)
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+async def test_length_limit(load: LoadLLM, abi: str) -> None:
+    """Stopping at max_new_tokens is reported as "length" (per run on 1.3, at init on 1.2)."""
+    if abi == "1.3":
+        llm = await load(natural_end=False)
+        gen = await llm.generate("go", max_new_tokens=7)
+    else:
+        llm = await load(rk.ModelParams(max_new_tokens=7), natural_end=False)
+        gen = await llm.generate("go")
+    assert (len(gen.token_ids), gen.finish_reason) == (7, "length")
+
+
+async def test_per_run_options_reach_the_runtime(load: LoadLLM, abi: str) -> None:
+    """Sampling (1.3) and keep_history go through; 1.2 refuses 1.3-only options by name."""
+    llm = await load()
+    if abi == "1.2":
+        with pytest.raises(rk.UnsupportedOnABIError):
+            await llm.generate("x", sampling=rk.Sampling(temperature=0.1))
+        return
+    await llm.generate("x", sampling=rk.Sampling(temperature=0.1), keep_history=True)
+    assert (await llm.kv_cache_size())[0] > 0
+
+
+@pytest.mark.parametrize("stop", ["light on", "電気", "done."])
+async def test_stop_strings_trim_and_abort(load: LoadLLM, stop: str) -> None:
+    """A stop string ends the reply before it (even across tokens) and aborts the run."""
+    # The run hangs after the reply unless the stop string aborts it: the abort is required.
+    hang = len(reference_pieces(REPLY)) + 2
+    llm = await load(
+        script=[{"match": "x", "reply": REPLY + " and much more text after it"}],
+        faults=f"hang_after={hang}",
+    )
+    aborts = _native.fake_stats(llm.runtime)["aborts"]
+    async with llm.stream("x", stop=[stop, "never-seen"]) as s:
+        text = "".join([c.text async for c in s])
+    assert text == REPLY[: REPLY.index(stop)]
+    assert s.result().finish_reason == "stop"
+    assert _native.fake_stats(llm.runtime)["aborts"] == aborts + 1
+
+
+async def test_inputs_other_than_text(load: LoadLLM) -> None:
+    """Token, embedding and multimodal inputs stream like text."""
+    llm = await load()
+    gen = await llm.generate(rk.TokenInput(ids=[5, 6, 7]))
+    assert gen.text.startswith("[tokens n=3 ")
+    gen = await llm.generate(rk.EmbedInput(embeddings=np.ones((2, 16))))
+    assert gen.text.startswith("[embed n=2x16 ")
+
+
+async def test_logits_and_hidden_states(load: LoadLLM) -> None:
+    """Arrays come back exactly: last token by default, every token on request."""
+    llm = await load(vocab_size=1024, hidden_size=12)
+    ids = rk.TokenInput(ids=[1, 2, 3, 4])
+    last = await llm.logits(ids)
+    np.testing.assert_array_equal(last, logits_formula(3, 1, 1024))
+    every = await llm.logits(ids, all_tokens=True)
+    np.testing.assert_array_equal(every, logits_formula(0, 4, 1024))
+    hidden = await llm.hidden_states(ids)
+    np.testing.assert_array_equal(hidden, hidden_formula(0, 4, 12))
+    assert (await llm.hidden_states(ids, all_tokens=False)).shape == (1, 12)
+
+
+async def test_batched_generation(load: LoadLLM) -> None:
+    """generate_batch runs n_batch inputs at once, one Generation each."""
+    llm = await load(
+        rk.ModelParams(extend=rk.ExtendParams(n_batch=2)),
+        script=[{"match": "a", "reply": "first"}, {"match": "b", "reply": "second one"}],
+    )
+    gens = await llm.generate_batch([rk.Prompt(text="a"), rk.Prompt(text="b")])
+    assert [(g.batch, g.text, g.finish_reason) for g in gens] == [
+        (0, "first", "stop"),
+        (1, "second one", "stop"),
+    ]
+
+
+async def test_load_failures_are_typed(abi: str, tmp_path: object, no_leaks: None) -> None:
+    """A bad model file is a ModelLoadError; a missing runtime a RuntimeNotFoundError."""
+    bad = tmp_path / "bad.rkllm"  # type: ignore[operator]
+    bad.write_bytes(b"\x00")
+    with pytest.raises(rk.ModelLoadError):
+        await AsyncLLM.load(bad, runtime="fake", abi=abi)
+    with pytest.raises(rk.RuntimeNotFoundError):
+        await AsyncLLM.load(bad, runtime=tmp_path / "nope.so")  # type: ignore[operator]
+    assert open_handles() == []

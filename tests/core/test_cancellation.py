@@ -73,15 +73,17 @@ async def test_aclose_from_another_task(load: LoadLLM) -> None:
     """A stream closed from another task ends the consumer's loop cleanly."""
     llm = await load(faults="hang_after=3")
     seen: list[str] = []
+    three = anyio.Event()
     async with llm.stream("x") as s, anyio.create_task_group() as tg:
 
         async def consume() -> None:
             async for chunk in s:
                 seen.append(chunk.text)
+                if len(seen) == 3:
+                    three.set()
 
         tg.start_soon(consume)
-        while len(seen) < 3:
-            await anyio.sleep(0.001)
+        await three.wait()
         await s.aclose()
         await s.aclose()  # idempotent
     assert len(seen) == 3
@@ -152,10 +154,14 @@ async def test_error_mid_stream_keeps_what_was_generated(load: LoadLLM) -> None:
     """RKLLM_RUN_ERROR: earlier chunks arrive, then GenerationError with the partial text."""
     llm = await load(natural_end=False, faults="error_after=4")
     chunks: list[str] = []
-    with pytest.raises(rk.GenerationError) as info:
+
+    async def consume() -> None:
         async with llm.stream("x") as s:
             async for chunk in s:
                 chunks.append(chunk.text)
+
+    with pytest.raises(rk.GenerationError) as info:
+        await consume()
     partial = info.value.generation
     assert partial is not None
     assert partial.finish_reason == "error"

@@ -3,8 +3,8 @@
 Importing the package loads no native library and reads no files of its own; the runtime
 is found and loaded when a model is (see :func:`doctor` for what would be found).
 
-The typed models of the runtime's structs, the errors, and ``doctor()`` are here; the
-async client (``AsyncLLM``) builds on them.
+``AsyncLLM`` is the async client (streams of ``Chunk``s, ``Generation`` results); the typed
+models of the runtime's structs, the errors and ``doctor()`` are here too.
 """
 
 from ._doctor import DoctorReport as DoctorReport
@@ -25,6 +25,9 @@ from .errors import RuntimeVersionError as RuntimeVersionError
 from .errors import UnsupportedOnABIError as UnsupportedOnABIError
 from .errors import http_status as http_status
 from .errors import jsonrpc_code as jsonrpc_code
+from .llm import AsyncLLM as AsyncLLM
+from .llm import HandleInfo as HandleInfo
+from .llm import open_handles as open_handles
 from .models import CallState as CallState
 from .models import CrossAttention as CrossAttention
 from .models import EmbedInput as EmbedInput
@@ -44,6 +47,9 @@ from .models import Result as Result
 from .models import Sampling as Sampling
 from .models import TokenInput as TokenInput
 from .models import VideoInput as VideoInput
+from .stream import Chunk as Chunk
+from .stream import Generation as Generation
+from .stream import TokenStream as TokenStream
 
 
 def __getattr__(name: str) -> str:
@@ -64,14 +70,18 @@ def __getattr__(name: str) -> str:
 __all__ = [
     "AbortedError",
     "ArrayTypeError",
+    "AsyncLLM",
     "BusyError",
     "CallState",
+    "Chunk",
     "ClosedError",
     "CrossAttention",
     "DoctorReport",
     "EmbedInput",
     "ExtendParams",
+    "Generation",
     "GenerationError",
+    "HandleInfo",
     "ImageInput",
     "InferMode",
     "InferOptions",
@@ -94,10 +104,12 @@ __all__ = [
     "RuntimeVersionError",
     "Sampling",
     "TokenInput",
+    "TokenStream",
     "UnsupportedOnABIError",
     "VideoInput",
     "__version__",
     "doctor",
     "http_status",
     "jsonrpc_code",
+    "open_handles",
 ]

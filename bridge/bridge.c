@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define API __attribute__((visibility("default")))
@@ -225,6 +226,10 @@ API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState st
         }
     }
 
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t t_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+
     pthread_mutex_lock(&ch->mu);
     /* Bounded: wait (not for the GIL, for the consumer) while too much is pending. */
     while (!terminal && !atomic_load(&ch->closed) && ch->pages[ch->producing].n >= ch->max_pending)
@@ -240,6 +245,7 @@ API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState st
         e->rows = rows[b];
         e->cols = cols[b];
         e->array = arrays[b];
+        e->t_ns = t_ns;
         if (!terminal && result[b].text) {
             e->text_off = (uint32_t)p->text_len;
             e->text_len = (uint32_t)lens[b];

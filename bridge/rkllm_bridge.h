@@ -31,6 +31,7 @@ typedef struct {
     int32_t array_kind;  /* 0 none, 1 logits, 2 hidden states */
     int32_t rows, cols;
     float* array;        /* rows x cols, owned by the consumer after drain: free with rkb_free */
+    int64_t t_ns;        /* CLOCK_MONOTONIC when the callback ran (latency measurement) */
 } rkb_event;
 
 typedef struct {

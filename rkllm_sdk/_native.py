@@ -735,14 +735,18 @@ def read_results(rt: Runtime, result: Any, n_batch: int, state: CallState) -> li
 
 # ---- the C bridge's channel --------------------------------------------------------------
 
-#: One drained event: (state, batch, token_id, text or None, array or None, array kind 0/1/2).
-RawEvent = tuple[int, int, int, bytes | None, "np.ndarray[Any, np.dtype[np.float32]] | None", int]
+FloatRows = np.ndarray[Any, np.dtype[np.float32]]
 
 
 class Drained(NamedTuple):
-    """What one drain of a channel gave: events, and the run's state."""
+    """What one drain of a channel gave, as parallel columns (one entry per event)."""
 
-    events: list[RawEvent]
+    states: list[int]
+    batches: list[int]
+    token_ids: list[int]
+    texts: list[bytes | None]  # None: the runtime gave NULL text
+    arrays: dict[int, FloatRows]  # event index -> logits / hidden rows copied by the bridge
+    callback_ns: list[int]  # time.monotonic_ns() clock when each callback ran
     finished: bool  # the terminal callback has been drained
     run_done: bool  # rkllm_run returned (the runtime is done with every buffer)
     run_rc: int
@@ -786,11 +790,12 @@ class Channel:
             "rows",
             "cols",
             "array",
+            "t_ns",
         )
         self._dtype = np.dtype(
             {
                 "names": list(fields),
-                "formats": ["<i4", "<i4", "<i4", "<u4", "<u4", "<i4", "<i4", "<i4", "<u8"],
+                "formats": ["<i4", "<i4", "<i4", "<u4", "<u4", "<i4", "<i4", "<i4", "<u8", "<i8"],
                 "offsets": [rt.ffi.offsetof("rkb_event", f) for f in fields],
                 "itemsize": rt.ffi.sizeof("rkb_event"),
             }
@@ -805,21 +810,35 @@ class Channel:
         """Take every pending event (never blocks). Empty: the next event will wake :attr:`fd`."""
         ffi, page = self._ffi, self._page
         n = int(self._bridge.rkb_channel_drain(self._ptr, page))
-        events: list[RawEvent] = []
+        states: list[int] = []
+        batches: list[int] = []
+        tokens: list[int] = []
+        texts: list[bytes | None] = []
+        arrays: dict[int, FloatRows] = {}
+        stamps: list[int] = []
         if n:
+            # Columns straight from the C event array: one pass, no per-event tuple.
             text = ffi.buffer(page.text, page.text_len)[:] if page.text_len else b""
             table = np.frombuffer(
                 ffi.buffer(page.events, n * self._dtype.itemsize), dtype=self._dtype
             )
-            for state, batch, token, t_off, t_len, kind, nr, nc, addr in table.tolist():
-                piece = None if t_len == 0xFFFFFFFF else text[t_off : t_off + t_len]
-                array = None
-                if addr:
-                    # The bridge malloc'ed this copy for us: numpy owns it now (freed with it).
-                    owned = ffi.gc(ffi.cast("float*", addr), self._bridge.rkb_free)
-                    raw = ffi.buffer(owned, 4 * nr * nc)
-                    array = np.frombuffer(raw, dtype=np.float32).reshape(nr, nc)
-                events.append((state, batch, token, piece, array, kind))
+            states = table["state"].tolist()
+            batches = table["batch"].tolist()
+            tokens = table["token_id"].tolist()
+            stamps = table["t_ns"].tolist()
+            offsets = table["text_off"].tolist()
+            lengths = table["text_len"].tolist()
+            texts = [
+                None if ln == 0xFFFFFFFF else text[off : off + ln]
+                for off, ln in zip(offsets, lengths, strict=True)
+            ]
+            for idx in np.flatnonzero(table["array"]).tolist():
+                row = table[idx]
+                # The bridge malloc'ed this copy for us: numpy owns it now (freed with it).
+                owned = ffi.gc(ffi.cast("float*", int(row["array"])), self._bridge.rkb_free)
+                nr, nc = int(row["rows"]), int(row["cols"])
+                raw = ffi.buffer(owned, 4 * nr * nc)
+                arrays[idx] = np.frombuffer(raw, dtype=np.float32).reshape(nr, nc)
         perf = []
         if page.finished:
             for b in range(self.n_batch):
@@ -833,7 +852,18 @@ class Channel:
                         memory_usage_mb=float(p.memory_usage_mb),
                     )
                 )
-        return Drained(events, bool(page.finished), bool(page.run_done), int(page.run_rc), perf)
+        return Drained(
+            states,
+            batches,
+            tokens,
+            texts,
+            arrays,
+            stamps,
+            bool(page.finished),
+            bool(page.run_done),
+            int(page.run_rc),
+            perf,
+        )
 
     def ack(self) -> None:
         """Reset the fd after a wakeup."""

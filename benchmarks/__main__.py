@@ -1,19 +1,31 @@
-"""Measure the fake runtime's token path against its baselines, in one run.
+"""Measure the SDK's token path against its baselines, all in one run, on the fake runtime.
 
-Figures (the fake at decode_ms = 0, both ABIs):
-- ``ceiling_c_tokens_per_s``: the fake driven by a compiled no-op C callback
-  (benchmarks/ceiling.c): the most any binding can deliver.
-- ``pycallback_tokens_per_s``: the same run through a cffi Python callback that copies
-  each token's text into a list, the design peers use.
-- ``pycallback_ratio``: the second over the first.
-
-    python -m benchmarks            # table
+    python -m benchmarks            # a table
     python -m benchmarks --json     # one JSON object
+
+Figures (fake at decode_ms = 0 unless stated; medians of --repeat runs):
+
+- ceiling_c_tokens_per_s: the fake driven by a compiled no-op C callback
+  (benchmarks/ceiling.c): the most any binding can get.
+- baseline_pycallback_chunks_per_s: the fake through a plain cffi Python callback that
+  hands each token to asyncio with call_soon_threadsafe, consumed with async for (what
+  peers do).
+- stream_chunks_per_s: ``async for`` over ``AsyncLLM.stream`` (the C bridge).
+- busy_rate_ratio: decode_ms = 2; decode rate with a CPU-busy Python thread / idle rate
+  (runtime's own perf). Reported for the SDK and for the Python-callback baseline.
+- latency_p99_us: decode_ms = 2, idle loop: runtime callback -> chunk in user code.
+- loop_lag_max_ms: worst lateness of a 1 ms ticker task while streaming at full rate.
+- logits_bandwidth_ratio: logits of every token (vocab 151,936) delivered as numpy, bytes/s,
+  over a plain numpy copy of the same bytes.
+- rss_growth_mb: process RSS after 10,000 generate calls minus after a warm-up.
+- fake_live_allocations_after_close / bridge_live_objects_after_close: what is left.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
 import os
 import platform
@@ -21,25 +33,52 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import cffi
+import numpy as np
 
+from rkllm_sdk import (
+    AsyncLLM,
+    InferMode,
+    InferOptions,
+    ModelParams,
+    Prompt,
+    TokenInput,
+    TokenStream,
+    _native,
+)
 from rkllm_sdk._fake import library_path
 from rkllm_sdk._ffi import ABIS, cdef_source
+from rkllm_sdk._ffi.loader import load_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {
-    "format": "rkllm-fake/1",
-    "name": "bench",
-    "vocab_size": 151936,
-    "hidden_size": 64,
-    "decode_ms": 0,
-    "prefill_ms": 0,
-    "natural_end": False,
-}
+VOCAB = 151936
+
+
+def model_file(directory: Path, **fields: Any) -> Path:
+    body = {
+        "format": "rkllm-fake/1",
+        "name": "bench",
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "decode_ms": 0,
+        "prefill_ms": 0,
+        "natural_end": False,
+    }
+    body.update(fields)
+    path = directory / f"bench-{abs(hash(json.dumps(body, sort_keys=True)))}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+# ---- baselines ----------------------------------------------------------------------------
 
 
 def build_ceiling(abi: str, out: Path) -> Path:
@@ -68,50 +107,244 @@ def build_ceiling(abi: str, out: Path) -> Path:
 
 def ceiling_rate(exe: Path, model: Path, tokens: int) -> float:
     out = subprocess.run(
-        [str(exe), str(model), str(tokens)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RKLLM_FAKE_QUIET": "1"},
+        [str(exe), str(model), str(tokens)], check=True, capture_output=True, text=True
     ).stdout
     result = json.loads(out)
     assert result["tokens"] == tokens, result
     return float(result["tokens"] / result["seconds"])
 
 
-def pycallback_rate(abi: str, model: Path, tokens: int) -> float:
-    ffi = cffi.FFI()
-    ffi.cdef(cdef_source(abi))
-    lib: Any = ffi.dlopen(str(library_path(abi)))  # cffi cdata is untyped
-    chunks: list[bytes | str] = []
+class PyCallbackBaseline:
+    """The design peers use: a cffi Python callback posting each token to asyncio."""
 
-    @ffi.callback("LLMResultCallback")
-    def on_result(result: Any, _ud: Any, state: int) -> int:
+    def __init__(self, abi: str, model: Path, max_new_tokens: int) -> None:
+        self.abi = abi
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cdef_source(abi))
+        self.lib = cast(Any, self.ffi.dlopen(str(library_path(abi))))  # cffi libs are untyped
+        self.on_token: Callable[[bytes | None, int], None] = lambda text, state: None
+        self.callback = self.ffi.callback("LLMResultCallback", self._callback)
+        self.keep = [
+            self.ffi.new("char[]", str(model).encode()),
+            self.ffi.new("char[]", b"user"),
+            self.ffi.new("char[]", b"benchmark"),
+        ]
+        param: Any = self.ffi.new("RKLLMParam*", self.lib.rkllm_createDefaultParam())
+        param.model_path, param.max_new_tokens, param.max_context_len = (
+            self.keep[0],
+            max_new_tokens,
+            4096,
+        )
+        handle: Any = self.ffi.new("LLMHandle*")
+        cbs = (
+            self.callback
+            if abi == "1.2"
+            else self.ffi.new("RKLLMCallback*", {"result_callback": self.callback})
+        )
+        init: Any = self.lib.rkllm_init
+        assert init(handle, param, cbs) == 0
+        self.handle = handle[0]
+        self.perf: dict[str, float] = {}
+
+    def _callback(self, result: Any, _ud: Any, state: int) -> int:
         if state in (0, 1):
-            chunks.append(ffi.string(result.text))
+            self.on_token(self.ffi.string(result.text), state)  # type: ignore[arg-type]
+        else:
+            p = result.perf
+            self.perf = {
+                "generate_tokens": p.generate_tokens,
+                "generate_time_ms": p.generate_time_ms,
+            }
+            self.on_token(None, state)
         return 0
 
-    keep = [
-        ffi.new("char[]", str(model).encode()),
-        ffi.new("char[]", b"user"),
-        ffi.new("char[]", b"benchmark"),
-    ]
-    param: Any = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
-    param.model_path, param.max_new_tokens, param.max_context_len = keep[0], tokens, 4096
-    handle: Any = ffi.new("LLMHandle*")
-    cbs: Any = (
-        on_result if abi == "1.2" else ffi.new("RKLLMCallback*", {"result_callback": on_result})
-    )
-    assert lib.rkllm_init(handle, param, cbs) == 0
-    inp: Any = ffi.new("RKLLMInput*")
-    inp.role, inp.input_type, inp.prompt_input = keep[1], 0, keep[2]
-    infer: Any = ffi.new("RKLLMInferParam*")
+    def run(self) -> int:
+        inp: Any = self.ffi.new("RKLLMInput*")
+        inp.role, inp.input_type, inp.prompt_input = self.keep[1], 0, self.keep[2]
+        return int(
+            self.lib.rkllm_run(self.handle, inp, self.ffi.new("RKLLMInferParam*"), self.ffi.NULL)
+        )
+
+    async def stream(self) -> int:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        def post(text: bytes | None, _state: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        self.on_token = post
+        run = loop.run_in_executor(None, self.run)
+        chunks = 0
+        while (item := await queue.get()) is not None:
+            chunks += len(item) >= 0
+        await run
+        return chunks
+
+    def close(self) -> None:
+        self.lib.rkllm_destroy(self.handle)
+
+
+# ---- measurements -------------------------------------------------------------------------
+
+
+@contextmanager
+def busy_thread() -> Iterator[None]:
+    """A thread keeping the interpreter busy with pure-Python work (it holds the GIL)."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(10_000):
+                x += i * i
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+async def stream_rate(llm: AsyncLLM) -> tuple[float, Any]:
     t0 = time.perf_counter()
-    rc = lib.rkllm_run(handle[0], inp, infer, ffi.NULL)
-    seconds = time.perf_counter() - t0
-    lib.rkllm_destroy(handle[0])
-    assert rc == 0 and len(chunks) == tokens, (rc, len(chunks))
-    return tokens / seconds
+    chunks = 0
+    async with llm.stream("benchmark") as s:
+        async for _ in s:
+            chunks += 1
+    return chunks / (time.perf_counter() - t0), s.result()
+
+
+async def loop_lag(llm: AsyncLLM) -> float:
+    worst = 0.0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t - 0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await stream_rate(llm)
+        done.set()
+    return worst * 1e3
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def measure(  # noqa: PLR0915  # one linear script of measurements
+    abi: str, tmp: Path, tokens: int, repeat: int, calls: int
+) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    fast = model_file(tmp)
+    exe = build_ceiling(abi, tmp)
+    r["ceiling_c_tokens_per_s"] = round(
+        statistics.median(ceiling_rate(exe, fast, tokens) for _ in range(repeat))
+    )
+
+    base = PyCallbackBaseline(abi, fast, tokens)
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = await base.stream()
+        rates.append(n / (time.perf_counter() - t0))
+    base.close()
+    r["baseline_pycallback_chunks_per_s"] = round(statistics.median(rates))
+
+    async with await AsyncLLM.load(
+        fast,
+        runtime="fake",
+        abi=abi,
+        params=ModelParams(max_new_tokens=tokens, max_context_len=4096),
+    ) as llm:
+        r["stream_chunks_per_s"] = round(
+            statistics.median([(await stream_rate(llm))[0] for _ in range(repeat)])
+        )
+        r["loop_lag_max_ms"] = round(max([await loop_lag(llm) for _ in range(repeat)]), 2)
+    r["stream_vs_baseline"] = round(
+        r["stream_chunks_per_s"] / r["baseline_pycallback_chunks_per_s"], 2
+    )
+    r["stream_vs_ceiling"] = round(r["stream_chunks_per_s"] / r["ceiling_c_tokens_per_s"], 3)
+
+    # Decode rate at 2 ms/token, idle vs a CPU-busy interpreter (runtime's own timing).
+    paced = model_file(tmp, decode_ms=2)
+    async with await AsyncLLM.load(
+        paced, runtime="fake", abi=abi, params=ModelParams(max_new_tokens=300)
+    ) as llm:
+        idle_perf = (await llm.generate("x")).perf
+        with busy_thread():
+            busy_perf = (await llm.generate("x")).perf
+        assert idle_perf is not None and busy_perf is not None
+        idle, busy = idle_perf.generate_tokens_per_s, busy_perf.generate_tokens_per_s
+        stream = TokenStream(llm, Prompt(text="x"), InferOptions(), measure_latency=True)
+        async with stream as s:
+            async for _ in s:
+                pass
+        lat = np.array(s.latencies_ns) / 1e3
+    r["decode_rate_idle_tok_s"] = round(idle, 1)
+    r["busy_rate_ratio"] = round(busy / idle, 3)
+    r["latency_p50_us"] = round(float(np.percentile(lat, 50)), 1)
+    r["latency_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+
+    base = PyCallbackBaseline(abi, paced, 300)
+    await base.stream()
+    b_idle = base.perf["generate_tokens"] / base.perf["generate_time_ms"] * 1e3
+    with busy_thread():
+        await base.stream()
+    b_busy = base.perf["generate_tokens"] / base.perf["generate_time_ms"] * 1e3
+    base.close()
+    r["baseline_busy_rate_ratio"] = round(b_busy / b_idle, 3)
+
+    # Logits of every token of a 64-token input, vocabulary 151,936 (39 MB per call): the
+    # bytes over the time from the runtime's callback to the array in the caller's hands
+    # (the fake's own computing of the values is not the SDK's cost), against numpy copying
+    # the same bytes.
+    async with await AsyncLLM.load(fast, runtime="fake", abi=abi) as llm:
+        ids = TokenInput(ids=np.arange(64, dtype=np.int32))
+        got, copy = [], []
+        for _ in range(repeat + 1):
+            stream = TokenStream(llm, ids, InferOptions(mode=InferMode.GET_LOGITS), array_rows=2)
+            async with stream as s:
+                await s.final()
+                arr = s._arrays(0)
+            received = time.monotonic_ns()
+            got.append(arr.nbytes / ((received - s.array_callback_ns[0]) / 1e9))
+            t0 = time.perf_counter()
+            dup = arr.copy()
+            copy.append(dup.nbytes / (time.perf_counter() - t0))
+            del arr, dup
+        got, copy = got[1:], copy[1:]  # the first run warms up allocations
+        del s, stream  # the last stream still holds its array
+    r["logits_mb_per_s"] = round(statistics.median(got) / 1e6)
+    r["numpy_copy_mb_per_s"] = round(statistics.median(copy) / 1e6)
+    r["logits_bandwidth_ratio"] = round(statistics.median(got) / statistics.median(copy), 3)
+
+    # Memory over many calls.
+    small = model_file(tmp, script=[{"match": "ping", "reply": "pong"}], natural_end=True)
+    async with await AsyncLLM.load(small, runtime="fake", abi=abi) as llm:
+        for _ in range(200):
+            await llm.generate("ping")
+        gc.collect()
+        before = rss_mb()
+        for _ in range(calls):
+            await llm.generate("ping")
+        gc.collect()
+        r["rss_growth_mb"] = round(rss_mb() - before, 2)
+        r["generate_calls"] = calls
+    gc.collect()
+    rt = load_runtime("fake", abi=abi)
+    r["fake_live_allocations_after_close"] = _native.fake_stats(rt)["live_allocations"]
+    r["bridge_live_objects_after_close"] = _native.bridge_live_objects(rt)
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--tokens", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs")
+    parser.add_argument(
+        "--calls", type=int, default=10_000, help="generate calls for rss_growth_mb"
+    )
+    parser.add_argument("--abi", choices=ABIS, action="append", help="default: both")
     args = parser.parse_args(argv)
     os.environ["RKLLM_FAKE_QUIET"] = "1"
     results: dict[str, Any] = {
@@ -128,34 +365,19 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
         },
         "tokens": args.tokens,
+        "repeat": args.repeat,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "bench.json"
-        model.write_text(json.dumps(MODEL))
-        for abi in ABIS:
-            exe = build_ceiling(abi, Path(tmp))
-            ceiling = statistics.median(
-                ceiling_rate(exe, model, args.tokens) for _ in range(args.repeat)
-            )
-            py = statistics.median(
-                pycallback_rate(abi, model, args.tokens) for _ in range(args.repeat)
-            )
-            results[abi] = {
-                "ceiling_c_tokens_per_s": round(ceiling),
-                "pycallback_tokens_per_s": round(py),
-                "pycallback_ratio": round(py / ceiling, 3),
-            }
+        for abi in args.abi or ABIS:
+            results[abi] = anyio.run(measure, abi, Path(tmp), args.tokens, args.repeat, args.calls)
     if args.json:
         print(json.dumps(results))
-    else:
-        print(f"{args.tokens} tokens per run, median of {args.repeat} runs, decode_ms = 0")
-        print(f"{'ABI':<5} {'ceiling C tok/s':>16} {'py callback tok/s':>18} {'ratio':>7}")
-        for abi in ABIS:
-            r = results[abi]
-            print(
-                f"{abi:<5} {r['ceiling_c_tokens_per_s']:>16,} {r['pycallback_tokens_per_s']:>18,} "
-                f"{r['pycallback_ratio']:>7.3f}"
-            )
+        return 0
+    abis = [a for a in ABIS if a in results]
+    machine = results["machine"]
+    print(f"{args.tokens} tokens per streaming run, median of {args.repeat}; machine {machine}")
+    for key in results[abis[0]]:
+        print(f"{key:<36}" + "".join(f"{results[a][key]!s:>16}" for a in abis))
     return 0
 
 

@@ -196,6 +196,9 @@ static float* copy_rows(const float* src, int rows, int cols, int which, int* ou
 API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState state) {
     rkb_channel* ch = userdata;
     if (!ch) return 0;
+    struct timespec now; /* taken first: latency and bandwidth include the copies below */
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t t_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
     int terminal = state == RKLLM_RUN_FINISH || state == RKLLM_RUN_ERROR;
     if (atomic_load(&ch->closed) && !terminal) return 0;
     int copied_array = 0;
@@ -226,9 +229,6 @@ API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState st
         }
     }
 
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t t_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
 
     pthread_mutex_lock(&ch->mu);
     /* Bounded: wait (not for the GIL, for the consumer) while too much is pending. */

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
+import anyio.lowlevel
 import attrs
 import numpy as np
 
@@ -46,6 +47,13 @@ __all__ = ["Chunk", "Generation", "TokenStream"]
 
 _utf8_decode = codecs_utf_8_decode
 _TERMINAL = int(CallState.FINISH)  # FINISH and ERROR are the states >= this
+
+#: Events the bridge may hold before the runtime thread waits for the consumer. Small enough
+#: that processing one page keeps the event loop responsive (a few ms of Python work).
+MAX_PENDING = 2048
+#: The consumer lets other tasks run at least every this many chunks, even when the bridge
+#: always has more ready (an ``async for`` that never awaits would starve the loop).
+CHECKPOINT_EVERY = 256
 
 #: How long closing a stream waits for the runtime to return after an abort before giving
 #: up on it (the channel is then leaked rather than freed under the runtime's feet).
@@ -169,6 +177,8 @@ class TokenStream:
         # Benchmarks: the callback time of each queued chunk, and callback -> consumer delays.
         self._stamps: deque[int] | None = deque() if measure_latency else None
         self.latencies_ns: list[int] = []
+        self.array_callback_ns: list[int] = []  # callback time of each logits / hidden array
+        self._since_checkpoint = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -184,7 +194,11 @@ class TokenStream:
                 raise GenerationError("stop strings need a single-batch handle")
             release = handle.runtime.abi == "1.3" and self._array_rows > 0
             self._channel = native.Channel(
-                handle.runtime, handle.n_batch, array_rows=self._array_rows, release_buffers=release
+                handle.runtime,
+                handle.n_batch,
+                array_rows=self._array_rows,
+                release_buffers=release,
+                max_pending=MAX_PENDING,
             )
             self._batches = [_Batch() for _ in range(handle.n_batch)]
             thread = threading.Thread(
@@ -304,6 +318,10 @@ class TokenStream:
             raise StopAsyncIteration
         if self._stamps:
             self.latencies_ns.append(time.monotonic_ns() - self._stamps.popleft())
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            await anyio.lowlevel.checkpoint()
         return self._chunks.popleft()
 
     async def _pump(self) -> None:
@@ -331,6 +349,7 @@ class TokenStream:
         new_chunk = tuple.__new__
         for idx, array in drained.arrays.items():
             batches[drained.batches[idx]].arrays.append(array)
+            self.array_callback_ns.append(drained.callback_ns[idx])
         stamps = self._stamps
         for state, batch, token, text, stamp in zip(
             drained.states,

@@ -116,6 +116,30 @@ def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
     return out
 
 
+def build_bridge_stress(out: Path, sanitizer: str) -> Path:
+    """Compile bridge/tests/bridge_stress.c with the bridge under ``-fsanitize=<sanitizer>``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        *compiler(),
+        "-std=c11",
+        "-O1",
+        "-g",
+        "-pthread",
+        *WARNINGS,
+        f"-fsanitize={sanitizer}",
+        "-fno-omit-frame-pointer",
+        "-DRKLLM_ABI=13",
+        f"-I{HERE / 'include'}",
+        f"-I{BRIDGE_DIR}",
+        str(BRIDGE_DIR / "bridge.c"),
+        str(BRIDGE_DIR / "tests" / "bridge_stress.c"),
+        "-o",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)

@@ -98,3 +98,21 @@ def test_readme_demo_streams_the_scripted_reply(abi: str) -> None:
     assert "你好 🙂" in proc.stdout
     reply = proc.stdout.rstrip("\n")
     assert f"decode {len(reference_pieces(reply))} tokens" in proc.stderr
+
+
+def test_readme_python_example_runs() -> None:
+    """The README's Python example streams the demo reply and prints doctor()'s report."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.startswith("Hello! I am the rkllm-sdk fake runtime")
+    assert "PerfStats(" in proc.stdout
+    assert "no problems found" in proc.stdout

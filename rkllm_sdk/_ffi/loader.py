@@ -293,17 +293,25 @@ def _dlopen(path: Path, abi: str) -> tuple[Any, frozenset[str]]:
 
 _bridges: dict[str, Any] = {}
 BRIDGE_PATH = Path(__file__).resolve().parent / "librkllm-bridge.so"
+#: Development only: another build of the bridge (CI's sanitizer job uses it).
+BRIDGE_ENV = "RKLLM_BRIDGE_LIBRARY"
+
+
+def bridge_path() -> Path:
+    """The bridge library in use: the package's, or ``RKLLM_BRIDGE_LIBRARY``."""
+    return Path(os.environ.get(BRIDGE_ENV) or BRIDGE_PATH)
 
 
 def _load_bridge(abi: str) -> Any:
     """The SDK's C bridge (built with the package), opened once per ABI's FFI."""
     with _load_lock:
         if abi not in _bridges:
+            path = bridge_path()
             try:
-                _bridges[abi] = ffi_for(abi).dlopen(str(BRIDGE_PATH))
+                _bridges[abi] = ffi_for(abi).dlopen(str(path))
             except OSError as exc:
                 raise RuntimeNotFoundError(
-                    f"the SDK's bridge library {BRIDGE_PATH} is missing or broken ({exc}): "
+                    f"the SDK's bridge library {path} is missing or broken ({exc}): "
                     f"reinstall rkllm-sdk so its build compiles it"
                 ) from exc
         return _bridges[abi]

@@ -44,3 +44,18 @@ def test_concurrent_run_abort_destroy_is_race_and_leak_free(
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.startswith("ok runs=")
+
+
+@pytest.mark.parametrize("sanitizer", ["thread", "address"])
+def test_bridge_producer_consumer_is_race_and_leak_free(sanitizer: str, tmp_path: Path) -> None:
+    """bridge/tests/bridge_stress.c: tokens once and in order, bounded pages, early close."""
+    exe = build_fake.build_bridge_stress(tmp_path / "bridge-stress", sanitizer)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(
+        TSAN_OPTIONS="halt_on_error=1:exitcode=66", ASAN_OPTIONS="detect_leaks=1:exitcode=66"
+    )
+    proc = subprocess.run(
+        [str(exe)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "ok"

@@ -177,8 +177,9 @@ class AsyncLLM:
         with anyio.CancelScope(shield=True):
             handle = self._handle
             if self._current is not None:
-                self._current.abort()
-            await self._slot.acquire()  # the running task (if any) ends after the abort
+                # Aborts the run and waits for the runtime, even if nobody iterates the stream.
+                await self._current.aclose()
+            await self._slot.acquire()  # a configuration call in progress ends by itself
             try:
                 await anyio.to_thread.run_sync(native.destroy, handle)
             finally:

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import _native as native
 from .arrays import FloatArray
-from .errors import GenerationError, RKLLMError
+from .errors import GenerationError, InvalidParamsError, RKLLMError
 from .models import CallState, InferOptions, Input, PerfStats
 
 if TYPE_CHECKING:
@@ -171,6 +171,7 @@ class TokenStream:
         self._result: list[Generation] | None = None
         self._error: RKLLMError | None = None
         self._pump_lock = anyio.Lock()
+        self._closed: anyio.Event | None = None  # set once closing has finished
         self._t0 = 0.0
         self._ttft_ms: float | None = None
         self._terminal_state: int | None = None
@@ -191,7 +192,7 @@ class TokenStream:
             handle = self._llm._native_handle()
             self._prepared = native.prepare_run(handle, self._inputs, self._options)
             if self._stop and handle.n_batch > 1:
-                raise GenerationError("stop strings need a single-batch handle")
+                raise InvalidParamsError("stop strings need a single-batch handle")
             release = handle.runtime.abi == "1.3" and self._array_rows > 0
             self._channel = native.Channel(
                 handle.runtime,
@@ -244,9 +245,21 @@ class TokenStream:
         if self._state in ("new", "starting"):
             self._state = "closed"
             return
-        if self._state in ("finished", "closed", "closing"):
+        if self._state == "closing":  # another task is closing it: wait for that to end
+            assert self._closed is not None
+            with anyio.CancelScope(shield=True):
+                await self._closed.wait()
+            return
+        if self._state in ("finished", "closed"):
             return
         self._state = "closing"
+        self._closed = closed = anyio.Event()
+        try:
+            await self._close_running()
+        finally:
+            closed.set()
+
+    async def _close_running(self) -> None:
         channel = self._channel
         assert channel is not None
         with anyio.CancelScope(shield=True):
@@ -254,6 +267,8 @@ class TokenStream:
             self._abort_run()
             channel.close()
             async with self._pump_lock:
+                if self._channel is None:  # a concurrent pump saw the run end meanwhile
+                    return
                 with anyio.move_on_after(ABORT_GRACE_S) as scope:
                     while not channel.drain().run_done:
                         await anyio.wait_readable(channel.fd)

@@ -220,3 +220,40 @@ async def test_streams_are_entered_once_and_iterated_inside(load: LoadLLM) -> No
         await s.final()
     with pytest.raises(RuntimeError, match="only once"):
         await s.__aenter__()
+
+
+async def test_aclose_with_an_unconsumed_stream(load: LoadLLM) -> None:
+    """Closing the handle while a stream is open but not iterated does not deadlock."""
+    llm = await load(faults="hang_after=1")
+    s = llm.stream("x")
+    await s.__aenter__()
+    await llm.aclose()
+    assert llm.closed
+    await s.__aexit__(None, None, None)
+
+
+async def test_concurrent_aclose_calls_both_wait(load: LoadLLM) -> None:
+    """Two tasks closing the same stream both return only once it is closed."""
+    llm = await load(faults="hang_after=1")
+    returned: list[bool] = []
+    async with llm.stream("x") as s:
+        async for _ in s:
+            break
+
+        async def close() -> None:
+            await s.aclose()
+            returned.append(not llm.is_running())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close)
+            tg.start_soon(close)
+    assert returned == [True, True]
+
+
+async def test_stop_strings_need_a_single_batch(load: LoadLLM) -> None:
+    """Stop strings with a batched handle are refused before the run starts."""
+    llm = await load(rk.ModelParams(extend=rk.ExtendParams(n_batch=2)))
+    with pytest.raises(rk.InvalidParamsError, match="single-batch"):
+        async with llm.stream([rk.Prompt(text="a"), rk.Prompt(text="b")], stop=["x"]):
+            pass
+    assert (await llm.kv_cache_size()) == [0, 0]

@@ -50,6 +50,8 @@ from .models import VideoInput as VideoInput
 from .stream import Chunk as Chunk
 from .stream import Generation as Generation
 from .stream import TokenStream as TokenStream
+from .sync import LLM as LLM
+from .sync import SyncTokenStream as SyncTokenStream
 
 
 def __getattr__(name: str) -> str:
@@ -68,6 +70,7 @@ def __getattr__(name: str) -> str:
 
 
 __all__ = [
+    "LLM",
     "AbortedError",
     "ArrayTypeError",
     "AsyncLLM",
@@ -103,6 +106,7 @@ __all__ = [
     "RuntimeNotFoundError",
     "RuntimeVersionError",
     "Sampling",
+    "SyncTokenStream",
     "TokenInput",
     "TokenStream",
     "UnsupportedOnABIError",

@@ -339,6 +339,17 @@ class TokenStream:
             await anyio.lowlevel.checkpoint()
         return self._chunks.popleft()
 
+    async def _next_many(self) -> list[Chunk]:
+        """Every chunk ready now (waiting for at least one); [] at the end. For the sync twin."""
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            return []
+        ready = [first]
+        while self._chunks:
+            ready.append(self._chunks.popleft())
+        return ready
+
     async def _pump(self) -> None:
         async with self._pump_lock:
             channel = self._channel

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import anyio
 import pytest
 
@@ -9,6 +13,7 @@ import rkllm_sdk as rk
 from rkllm_sdk import _native
 from rkllm_sdk.llm import open_handles
 
+from ..conftest import ModelFactory
 from .conftest import LoadLLM
 
 pytestmark = pytest.mark.anyio
@@ -257,3 +262,34 @@ async def test_stop_strings_need_a_single_batch(load: LoadLLM) -> None:
         async with llm.stream([rk.Prompt(text="a"), rk.Prompt(text="b")], stop=["x"]):
             pass
     assert (await llm.kv_cache_size()) == [0, 0]
+
+
+EXIT_SCRIPT = """
+import sys, anyio, rkllm_sdk as rk
+
+async def main():
+    llm = await rk.AsyncLLM.load(sys.argv[1], runtime="fake", abi=sys.argv[2])
+    s = llm.stream("x")
+    await s.__aenter__()   # a run left going, a handle never closed
+    async for _ in s:
+        break
+    print("leaving", len(rk.open_handles()), flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_exit_with_open_handles_does_not_hang(abi: str, model: ModelFactory) -> None:
+    """A process that forgets an open handle and a running stream still exits promptly."""
+    path = model(faults="hang_after=2")
+    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, str(path), abi],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "leaving 1"

@@ -1,0 +1,246 @@
+"""LLM: the blocking twin of AsyncLLM, for scripts and notebooks.
+
+Same method names and results as :class:`~rkllm_sdk.AsyncLLM`; ``for chunk in
+llm.stream(...)`` instead of ``async for``. The async core runs on an event loop in a
+background thread (an anyio blocking portal), so it also works where a loop is already
+running, such as a Jupyter kernel, without ``nest_asyncio``.
+
+>>> with LLM.load("model.json", runtime="fake") as llm:        # doctest: +SKIP
+...     print(llm.generate("Hello").text)
+...     with llm.stream("Hello") as s:
+...         for chunk in s:
+...             print(chunk.text, end="")
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._ffi.loader import Runtime
+from .arrays import FloatArray
+from .llm import AsyncLLM, PromptLike
+from .models import CrossAttention, Input, LoraAdapter, ModelParams
+from .stream import Chunk, Generation, TokenStream
+
+__all__ = ["LLM", "SyncTokenStream"]
+
+
+class SyncTokenStream:
+    """A :class:`TokenStream` used with ``with`` and ``for``; same results and semantics."""
+
+    def __init__(self, portal: BlockingPortal, stream: TokenStream) -> None:
+        self._portal = portal
+        self._stream = stream
+        self._ready: list[Chunk] = []
+        self._pos = 0
+
+    def __enter__(self) -> SyncTokenStream:
+        self._portal.call(self._stream.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._pos == len(self._ready):
+            # One hop to the loop thread fetches every chunk ready, not one.
+            self._ready = self._portal.call(self._stream._next_many)
+            self._pos = 0
+            if not self._ready:
+                raise StopIteration
+        chunk = self._ready[self._pos]
+        self._pos += 1
+        return chunk
+
+    def close(self) -> None:
+        """Abort if still running and wait for the runtime (see :meth:`TokenStream.aclose`)."""
+        self._portal.call(self._stream.aclose)
+
+    def abort(self) -> None:
+        """Ask the runtime to stop; iteration ends with finish_reason "abort"."""
+        self._portal.call(self._stream.abort)
+
+    def pause(self) -> None:
+        """Pause after the next token, keeping the KV cache."""
+        self._portal.call(self._stream.pause)
+
+    def result(self, batch: int = 0) -> Generation:
+        """The finished run's :class:`Generation`."""
+        return self._stream.result(batch)
+
+    def results(self) -> list[Generation]:
+        """Every batch's :class:`Generation`."""
+        return self._stream.results()
+
+    def final(self) -> Generation:
+        """Consume the rest and return the :class:`Generation`."""
+        for _ in self:
+            pass
+        return self.result()
+
+
+class LLM:
+    """One loaded model, blocking API. Create it with :meth:`load`; close it (or ``with``)."""
+
+    def __init__(
+        self,
+        portal_cm: AbstractContextManager[BlockingPortal],
+        portal: BlockingPortal,
+        llm: AsyncLLM,
+    ) -> None:
+        """Internal: use ``LLM.load(...)``."""
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = portal_cm
+        self._portal = portal
+        self._llm = llm
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | os.PathLike[str],
+        *,
+        runtime: str | os.PathLike[str] | None = None,
+        abi: str | None = None,
+        params: ModelParams | None = None,
+        backend: str = "asyncio",
+    ) -> LLM:
+        """Load a model (see :meth:`AsyncLLM.load`); ``backend`` runs the portal's loop."""
+        cm = start_blocking_portal(backend)
+        portal = cm.__enter__()
+        try:
+            llm = portal.call(
+                functools.partial(
+                    AsyncLLM.load, model_path, runtime=runtime, abi=abi, params=params
+                )
+            )
+        except BaseException as exc:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return cls(cm, portal, llm)
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Abort, wait and destroy the handle, then stop the background loop. Idempotent."""
+        if self._portal_cm is None:
+            return
+        try:
+            self._portal.call(self._llm.aclose)
+        finally:
+            cm, self._portal_cm = self._portal_cm, None
+            cm.__exit__(None, None, None)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+    # The same surface as AsyncLLM, blocking.
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._llm.runtime
+
+    @property
+    def params(self) -> ModelParams:
+        return self._llm.params
+
+    @property
+    def n_batch(self) -> int:
+        return self._llm.n_batch
+
+    @property
+    def closed(self) -> bool:
+        return self._llm.closed
+
+    def is_running(self) -> bool:
+        return self._llm.is_running()
+
+    def stream(self, prompt: PromptLike, **options: Any) -> SyncTokenStream:
+        """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream)."""
+        stream: TokenStream = self._call(self._llm.stream, prompt, **options)
+        return SyncTokenStream(self._portal, stream)
+
+    def generate(self, prompt: PromptLike, **options: Any) -> Generation:
+        """Run to the end (options as AsyncLLM.stream)."""
+        result: Generation = self._call(self._llm.generate, prompt, **options)
+        return result
+
+    def generate_batch(self, prompts: Sequence[Input], **options: Any) -> list[Generation]:
+        result: list[Generation] = self._call(self._llm.generate_batch, prompts, **options)
+        return result
+
+    def logits(
+        self, prompt: PromptLike, *, all_tokens: bool = False, keep_history: bool = False
+    ) -> FloatArray:
+        result: FloatArray = self._call(
+            self._llm.logits, prompt, all_tokens=all_tokens, keep_history=keep_history
+        )
+        return result
+
+    def hidden_states(
+        self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
+    ) -> FloatArray:
+        result: FloatArray = self._call(
+            self._llm.hidden_states, prompt, all_tokens=all_tokens, keep_history=keep_history
+        )
+        return result
+
+    def abort(self) -> None:
+        self._call(self._llm.abort)
+
+    def clear_kv_cache(
+        self, *, keep_system_prompt: bool = False, ranges: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        self._call(self._llm.clear_kv_cache, keep_system_prompt=keep_system_prompt, ranges=ranges)
+
+    def kv_cache_size(self) -> list[int]:
+        result: list[int] = self._call(self._llm.kv_cache_size)
+        return result
+
+    def load_lora(self, adapter: LoraAdapter) -> None:
+        self._call(self._llm.load_lora, adapter)
+
+    def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
+        self._call(self._llm.load_prompt_cache, path)
+
+    def release_prompt_cache(self) -> None:
+        self._call(self._llm.release_prompt_cache)
+
+    def set_chat_template(self, system_prompt: str, prefix: str, postfix: str) -> None:
+        self._call(self._llm.set_chat_template, system_prompt, prefix, postfix)
+
+    def set_function_tools(
+        self,
+        system_prompt: str,
+        tools: str | Sequence[Mapping[str, Any]],
+        tool_response_str: str = "tool_response",
+    ) -> None:
+        self._call(self._llm.set_function_tools, system_prompt, tools, tool_response_str)
+
+    def set_cross_attention(self, cross: CrossAttention | None) -> None:
+        self._call(self._llm.set_cross_attention, cross)
+
+    def __repr__(self) -> str:
+        return repr(self._llm).replace("AsyncLLM", "LLM", 1)

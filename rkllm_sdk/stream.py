@@ -50,7 +50,7 @@ _TERMINAL = int(CallState.FINISH)  # FINISH and ERROR are the states >= this
 
 #: Events the bridge may hold before the runtime thread waits for the consumer. Small enough
 #: that processing one page keeps the event loop responsive (a few ms of Python work).
-MAX_PENDING = 2048
+MAX_PENDING = 512
 #: The consumer lets other tasks run at least every this many chunks, even when the bridge
 #: always has more ready (an ``async for`` that never awaits would starve the loop).
 CHECKPOINT_EVERY = 256

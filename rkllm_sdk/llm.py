@@ -117,6 +117,7 @@ class AsyncLLM:
         self._closing = False
         self._busy = False
         self._current: TokenStream | None = None  # the stream running on the handle, if any
+        self._last: Generation | None = None  # the last finished run (for timings())
         self._opened_at = time.monotonic()
         self._runtime = handle.runtime
         with _live_lock:
@@ -258,6 +259,15 @@ class AsyncLLM:
     def n_batch(self) -> int:
         """Inputs per run (``ExtendParams.n_batch``)."""
         return self._native_handle().n_batch
+
+    def timings(self) -> Generation | None:
+        """The last finished run: the runtime's perf plus the SDK's time to first token,
+        duration and decode rate (``Generation.tokens_per_s``). None before any run.
+
+        The supported replacement for the undocumented ``rkllm_get_timings`` /
+        ``rkllm_print_timings``.
+        """
+        return self._last
 
     def is_running(self) -> bool:
         """Whether the runtime reports a task in progress (a quick C call)."""

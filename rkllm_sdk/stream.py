@@ -21,6 +21,7 @@ Text is never split inside a UTF-8 character: bytes the runtime delivers with
 from __future__ import annotations
 
 import contextlib
+import html
 import threading
 import time
 import warnings
@@ -94,6 +95,7 @@ class Generation:
         finish_reason: "stop", "length", "abort", "pause" or "error".
         perf: the runtime's measurements (prefill / generate times and tokens, memory).
         ttft_ms: time from the start of the run to the first token, measured by the SDK.
+        duration_ms: time from the start of the run to its end, measured by the SDK.
         chunks: how many text chunks were streamed.
         batch: index of the input in a batched run.
     """
@@ -103,8 +105,38 @@ class Generation:
     finish_reason: str
     perf: PerfStats | None
     ttft_ms: float | None
+    duration_ms: float
     chunks: int
     batch: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second after the first token, measured by the SDK."""
+        if self.ttft_ms is None or len(self.token_ids) < 2 or self.duration_ms <= self.ttft_ms:
+            return 0.0
+        return (len(self.token_ids) - 1) / (self.duration_ms - self.ttft_ms) * 1e3
+
+    def _repr_html_(self) -> str:
+        """A compact table for notebooks."""
+        rows = [
+            ("text", html.escape(self.text)),
+            ("finish", self.finish_reason),
+            ("tokens", str(len(self.token_ids))),
+            ("time to first token", f"{self.ttft_ms:.1f} ms" if self.ttft_ms is not None else "-"),
+            ("decode", f"{self.tokens_per_s:.1f} tok/s"),
+        ]
+        if self.perf is not None:
+            rows += [
+                (
+                    "prefill (runtime)",
+                    f"{self.perf.prefill_tokens} tok, {self.perf.prefill_time_ms:.1f} ms",
+                ),
+                ("memory (runtime)", f"{self.perf.memory_usage_mb:.1f} MB"),
+            ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows
+        )
+        return f"<table>{body}</table>"
 
 
 class _Batch:
@@ -472,11 +504,13 @@ class TokenStream:
                     finish_reason=reason,
                     perf=perf,
                     ttft_ms=self._ttft_ms,
+                    duration_ms=(time.perf_counter() - self._t0) * 1e3,
                     chunks=b.chunks,
                     batch=index,
                 )
             )
         self._result = results
+        self._llm._last = results[0]
         self._state = "finished"
         self._release_channel()
         self._llm._release()

@@ -177,6 +177,10 @@ class LLM:
     def is_running(self) -> bool:
         return self._llm.is_running()
 
+    def timings(self) -> Generation | None:
+        """The last finished run (see AsyncLLM.timings)."""
+        return self._llm.timings()
+
     def stream(self, prompt: PromptLike, **options: Any) -> SyncTokenStream:
         """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream)."""
         stream: TokenStream = self._call(self._llm.stream, prompt, **options)

@@ -128,3 +128,22 @@ async def test_load_failures_are_typed(abi: str, tmp_path: object, no_leaks: Non
     with pytest.raises(rk.RuntimeNotFoundError):
         await AsyncLLM.load(bad, runtime=tmp_path / "nope.so")  # type: ignore[operator]
     assert open_handles() == []
+
+
+async def test_timings_of_the_last_run(load: LoadLLM) -> None:
+    """timings() is the last Generation: runtime perf plus SDK-measured TTFT and rate."""
+    llm = await load(
+        decode_ms=1, natural_end=False, script=[{"match": "x", "reply": "a b c d e f"}]
+    )
+    assert llm.timings() is None
+    gen = (
+        await llm.generate("x", max_new_tokens=20)
+        if llm.runtime.abi == "1.3"
+        else await llm.generate("x")
+    )
+    t = llm.timings()
+    assert t is gen
+    assert t.ttft_ms is not None and 0 < t.ttft_ms <= t.duration_ms
+    assert t.tokens_per_s > 0
+    html = t._repr_html_()
+    assert "<table>" in html and "tok/s" in html

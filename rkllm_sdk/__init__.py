@@ -11,6 +11,12 @@ from ._doctor import DoctorReport as DoctorReport
 from ._doctor import ModelFileCheck as ModelFileCheck
 from ._doctor import Problem as Problem
 from ._doctor import doctor as doctor
+from .chat import ChatReply as ChatReply
+from .chat import ChatSession as ChatSession
+from .chat import ToolCall as ToolCall
+from .chat import parse_tool_calls as parse_tool_calls
+from .chat import split_thinking as split_thinking
+from .chat import tool_schema as tool_schema
 from .errors import AbortedError as AbortedError
 from .errors import ArrayTypeError as ArrayTypeError
 from .errors import BusyError as BusyError
@@ -76,6 +82,8 @@ __all__ = [
     "AsyncLLM",
     "BusyError",
     "CallState",
+    "ChatReply",
+    "ChatSession",
     "Chunk",
     "ClosedError",
     "CrossAttention",
@@ -109,6 +117,7 @@ __all__ = [
     "SyncTokenStream",
     "TokenInput",
     "TokenStream",
+    "ToolCall",
     "UnsupportedOnABIError",
     "VideoInput",
     "__version__",
@@ -116,4 +125,7 @@ __all__ = [
     "http_status",
     "jsonrpc_code",
     "open_handles",
+    "parse_tool_calls",
+    "split_thinking",
+    "tool_schema",
 ]

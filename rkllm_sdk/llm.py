@@ -34,6 +34,7 @@ import attrs
 from . import _native as native
 from ._ffi.loader import Runtime, load_runtime
 from .arrays import FloatArray
+from .chat import ChatSession, ToolLike
 from .errors import BusyError, ClosedError, InvalidParamsError
 from .models import (
     CrossAttention,
@@ -346,6 +347,21 @@ class AsyncLLM:
         return TokenStream(
             self, _coerce(prompt, role, thinking), options, stop=stop, wait=wait, limit=limit
         )
+
+    def chat(
+        self,
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolLike] = (),
+        thinking: bool = False,
+        template: tuple[str, str, str] | None = None,
+    ) -> ChatSession:
+        """A :class:`ChatSession` on this handle (history in the KV cache, tool calls parsed).
+
+        >>> chat = llm.chat(system="You control a home.", tools=[set_light])  # doctest: +SKIP
+        >>> reply = await chat.send("Turn on the kitchen light")  # doctest: +SKIP
+        """
+        return ChatSession(self, system=system, tools=tools, thinking=thinking, template=template)
 
     async def generate(self, prompt: PromptLike, **options: Any) -> Generation:
         """Run to the end and return the :class:`Generation` (options as :meth:`stream`).

@@ -1,0 +1,189 @@
+"""Chat sessions on the fake, and the pure parsing of thinking and tool calls."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+import rkllm_sdk as rk
+from rkllm_sdk import _native
+
+from .conftest import LoadLLM
+
+
+def set_light(
+    entity_id: str, brightness: int = 255, room: typing.Literal["kitchen", "hall"] = "hall"
+) -> None:
+    """Switch a light on.
+
+    Longer description that is not part of the tool's summary.
+    """
+
+
+TOOLS = [rk.tool_schema(set_light)]
+
+
+# ---- pure functions (no runtime) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>\nhmm\n</think>\n\nYes.", ("hmm", "Yes.")),
+        ("Yes.", ("", "Yes.")),
+        ("  <think>cut off", ("cut off", "")),
+        ("<think></think>Answer", ("", "Answer")),
+    ],
+)
+def test_split_thinking(text: str, expected: tuple[str, str]) -> None:
+    """The leading think block is separated from the answer; a cut-off one is all thinking."""
+    assert rk.split_thinking(text) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"name": "set_light", "arguments": {"entity_id": "light.k"}}',
+        '{"name": "set_light", "arguments": {"entity_id": "light.k",},}',
+        "{'name': 'set_light', 'arguments': {'entity_id': 'light.k'}}",
+        '```json\n{"name": "set_light", "arguments": {"entity_id": "light.k"}}\n```',
+        '{"name": "set_light", "arguments": {"entity_id": "light.k"',
+        '{"name": "set_light", "arguments": "{\\"entity_id\\": \\"light.k\\"}"}',
+    ],
+)
+def test_tool_call_json_is_repaired(raw: str) -> None:
+    """Trailing commas, single quotes, fences, unclosed braces, string arguments: all read."""
+    rest, calls = rk.parse_tool_calls(f"Sure.\n<tool_call>\n{raw}\n</tool_call>", TOOLS)
+    assert rest == "Sure."
+    (call,) = calls
+    assert (call.name, call.arguments, call.error) == ("set_light", {"entity_id": "light.k"}, None)
+    assert call.id.startswith("call_0_")
+
+
+def test_python_literals_and_several_calls() -> None:
+    """Python True/None are read as JSON; several blocks give several calls in order."""
+    text = (
+        '<tool_call>{"name": "a", "arguments": {"on": True, "x": None}}</tool_call>\n'
+        '<tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    )
+    _, calls = rk.parse_tool_calls(text)
+    assert [(c.name, c.arguments) for c in calls] == [("a", {"on": True, "x": None}), ("b", {})]
+    assert calls[0].id != calls[1].id
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ('{"brightness": 3}', "missing required argument(s) entity_id"),
+        ('{"entity_id": 5}', "set_light.entity_id should be string"),
+        ('{"entity_id": "x", "brightness": "full"}', "set_light.brightness should be integer"),
+        ('{"entity_id": "x", "brightness": true}', "set_light.brightness should be integer"),
+        ('{"entity_id": "x", "room": "attic"}', 'should be one of ["kitchen", "hall"]'),
+    ],
+)
+def test_calls_are_checked_against_the_schema(arguments: str, error: str) -> None:
+    """Missing, mistyped and out-of-enum arguments are reported on the call."""
+    _, (call,) = rk.parse_tool_calls(
+        f'<tool_call>{{"name": "set_light", "arguments": {arguments}}}</tool_call>', TOOLS
+    )
+    assert call.error is not None and error in call.error
+
+
+def test_unknown_tool_and_unreadable_json() -> None:
+    """Calls to unknown tools, and JSON beyond repair, carry an error instead of raising."""
+    _, calls = rk.parse_tool_calls(
+        '<tool_call>{"name": "launch"}</tool_call><tool_call>not json</tool_call>', TOOLS
+    )
+    assert "unknown tool 'launch'" in (calls[0].error or "")
+    assert "unreadable" in (calls[1].error or "")
+
+
+def test_tool_schema_from_a_function() -> None:
+    """Types, defaults, Literal enums, Optional and the docstring summary become the schema."""
+
+    def f(
+        a: str,
+        b: int,
+        c: float = 0.5,
+        d: bool | None = None,
+        e: list[int] | None = None,
+        g: typing.Literal[1, 2] = 1,
+    ) -> None:
+        """Do f."""
+
+    fn = rk.tool_schema(f)["function"]
+    assert fn["name"] == "f"
+    assert fn["description"] == "Do f."
+    params = fn["parameters"]
+    assert params["required"] == ["a", "b"]
+    assert params["properties"]["c"] == {"type": "number", "default": 0.5}
+    assert params["properties"]["d"] == {"type": "boolean", "default": None}
+    assert params["properties"]["e"] == {
+        "type": "array",
+        "items": {"type": "integer"},
+        "default": None,
+    }
+    assert params["properties"]["g"] == {"type": "number", "enum": [1, 2], "default": 1}
+    assert TOOLS[0]["function"]["description"] == "Switch a light on."
+
+    def untyped(x) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    with pytest.raises(rk.InvalidParamsError, match="needs a type annotation"):
+        rk.tool_schema(untyped)
+
+
+# ---- sessions on the fake -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_tool_round_trip(load: LoadLLM) -> None:
+    """A tool call is parsed from the model's reply; the result turn is answered; history kept."""
+    llm = await load()
+    chat = llm.chat(system="You control a home.", tools=[set_light])
+    reply = await chat.send("please set_light in the kitchen")
+    assert reply.finish_reason == "tool_calls"
+    (call,) = reply.tool_calls
+    assert (call.name, call.arguments, call.error) == (
+        "set_light",
+        {"entity_id": "fake-entity_id"},
+        None,
+    )
+    assert reply.text == ""
+    size = (await llm.kv_cache_size())[0]
+    answer = await chat.send_tool_results({call.id: {"ok": True}})
+    assert (
+        answer.text == 'The tool returned: {"id": "' + call.id + '", "result": {"ok": true}}'
+        or answer.text.startswith("The tool returned:")
+    )
+    assert not answer.tool_calls
+    assert (await llm.kv_cache_size())[0] > size
+    info = _native.fake_last_input(llm._native_handle())
+    assert info["inputs"][0]["role"] == "tool"
+    await chat.reset()
+    assert await llm.kv_cache_size() == [0]
+    assert len(chat.turns) == 0
+
+
+@pytest.mark.anyio
+async def test_thinking_is_split_from_the_answer(load: LoadLLM) -> None:
+    """With a thinking model and thinking=True the reply has thinking and a clean answer."""
+    llm = await load(thinking=True)
+    reply = await llm.chat(thinking=True).send("why?")
+    assert reply.thinking
+    assert "<think>" not in reply.text and reply.text
+    assert reply.generation.text.startswith("<think>")
+
+
+@pytest.mark.anyio
+async def test_system_prompt_without_tools_uses_the_template(load: LoadLLM) -> None:
+    """A system prompt alone goes in through the (ChatML) chat template, once per conversation."""
+    llm = await load()
+    chat = llm.chat(system="Be brief.")
+    await chat.send("one")
+    first = _native.fake_last_input(llm._native_handle())["inputs"][0]["templated"]
+    assert first.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\none")
+    await chat.send("two")
+    second = _native.fake_last_input(llm._native_handle())["inputs"][0]["templated"]
+    assert second == "<|im_start|>user\ntwo<|im_end|>\n<|im_start|>assistant\n"

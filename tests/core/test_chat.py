@@ -153,10 +153,7 @@ async def test_tool_round_trip(load: LoadLLM) -> None:
     assert reply.text == ""
     size = (await llm.kv_cache_size())[0]
     answer = await chat.send_tool_results({call.id: {"ok": True}})
-    assert (
-        answer.text == 'The tool returned: {"id": "' + call.id + '", "result": {"ok": true}}'
-        or answer.text.startswith("The tool returned:")
-    )
+    assert answer.text == 'The tool returned: {"ok": true}'
     assert not answer.tool_calls
     assert (await llm.kv_cache_size())[0] > size
     info = _native.fake_last_input(llm._native_handle())

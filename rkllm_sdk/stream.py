@@ -29,7 +29,7 @@ from codecs import utf_8_decode as codecs_utf_8_decode
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -75,6 +75,7 @@ class Chunk(NamedTuple):
         finish_reason: on each batch's last chunk: "stop", "length", "abort", "pause" or
             "error".
         perf: on each batch's last chunk: the runtime's measurements.
+        thinking: the text is part of the model's ``<think>...</think>`` block (tags included).
     """
 
     seq: int
@@ -83,6 +84,39 @@ class Chunk(NamedTuple):
     batch: int = 0
     finish_reason: str | None = None
     perf: PerfStats | None = None
+    thinking: bool = False
+
+    def to_openai(
+        self, *, model: str = "rkllm", completion_id: str = "chatcmpl-rkllm", created: int = 0
+    ) -> dict[str, Any]:
+        """This chunk as an OpenAI ``chat.completion.chunk`` dict (reasoning as
+        ``reasoning_content``; "abort" / "pause" end as "stop", "error" as None)."""
+        text = _strip_think_tags(self.text) if self.thinking else self.text
+        delta: dict[str, Any] = {}
+        if self.seq == 0:
+            delta["role"] = "assistant"
+        if text:
+            delta["reasoning_content" if self.thinking else "content"] = text
+        reason = _OPENAI_REASONS.get(self.finish_reason) if self.finish_reason else None
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": self.batch, "delta": delta, "finish_reason": reason}],
+        }
+
+    def to_ha_delta(self) -> dict[str, Any]:
+        """This chunk as a Home Assistant conversation delta (``role`` on the first,
+        ``content`` or ``thinking_content``)."""
+        delta: dict[str, Any] = {"role": "assistant"} if self.seq == 0 else {}
+        if self.thinking:
+            text = _strip_think_tags(self.text)
+            if text:
+                delta["thinking_content"] = text
+        elif self.text:
+            delta["content"] = self.text
+        return delta
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +173,19 @@ class Generation:
         return f"<table>{body}</table>"
 
 
+_OPENAI_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "stop",
+    "pause": "stop",
+    "error": None,
+}
+
+
+def _strip_think_tags(text: str) -> str:
+    return text.replace("<think>", "").replace("</think>", "")
+
+
 class _Batch:
     """Accumulated state of one batch entry."""
 
@@ -152,10 +199,12 @@ class _Batch:
         "pending",
         "stopped",
         "text",
+        "thinking",
     )
 
     def __init__(self) -> None:
         self.partial = b""  # bytes of a character that is not complete yet
+        self.thinking = False  # inside <think>...</think>
         self.text: list[str] = []
         self.ids: list[int] = []
         self.pending: list[int] = []  # ids not yet attached to a chunk
@@ -435,12 +484,19 @@ class TokenStream:
             b.partial = data[used:]
             if not piece:
                 continue
+            thinking = b.thinking
+            if "<think>" in piece:
+                thinking = b.thinking = True
+            if "</think>" in piece:
+                thinking, b.thinking = True, False
             if stop:
                 self._emit_text(b, batch, piece)
                 continue
             b.text.append(piece)
             b.chunks += 1
-            chunks.append(new_chunk(Chunk, (self._seq, piece, tuple(b.pending), batch, None, None)))
+            chunks.append(
+                new_chunk(Chunk, (self._seq, piece, tuple(b.pending), batch, None, None, thinking))
+            )
             self._seq += 1
             b.pending.clear()
             if stamps is not None:
@@ -467,7 +523,7 @@ class TokenStream:
     def _push(self, b: _Batch, batch: int, text: str) -> None:
         b.text.append(text)
         b.chunks += 1
-        self._chunks.append(Chunk(self._seq, text, tuple(b.pending), batch))
+        self._chunks.append(Chunk(self._seq, text, tuple(b.pending), batch, thinking=b.thinking))
         self._seq += 1
         b.pending.clear()
 

@@ -184,3 +184,26 @@ async def test_system_prompt_without_tools_uses_the_template(load: LoadLLM) -> N
     await chat.send("two")
     second = _native.fake_last_input(llm._native_handle())["inputs"][0]["templated"]
     assert second == "<|im_start|>user\ntwo<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.anyio
+async def test_chunks_convert_to_openai_and_home_assistant(load: LoadLLM) -> None:
+    """Chunks mark thinking text and convert in one call each."""
+    llm = await load(thinking=True, script=[{"match": "x", "reply": "Final answer."}])
+    async with llm.stream("x", thinking=True) as s:
+        chunks = [c async for c in s]
+    thinking = [c for c in chunks if c.thinking]
+    answer = [c for c in chunks if not c.thinking and c.text]
+    assert thinking[0].text == "<think>" and thinking[-1].text.endswith("</think>")
+    assert "".join(c.text for c in answer).strip() == "Final answer."
+    first = chunks[0].to_openai(model="qwen", created=7)
+    assert first["object"] == "chat.completion.chunk"
+    assert first["model"] == "qwen"
+    assert first["choices"][0]["delta"] == {"role": "assistant"}  # the bare <think> tag
+    some = next(c for c in thinking if c.text.strip("<think>/ \n"))
+    assert "reasoning_content" in some.to_openai()["choices"][0]["delta"]
+    assert answer[0].to_openai()["choices"][0]["delta"] == {"content": answer[0].text}
+    assert chunks[-1].to_openai()["choices"][0]["finish_reason"] == "stop"
+    assert chunks[0].to_ha_delta() == {"role": "assistant"}
+    assert "thinking_content" in some.to_ha_delta()
+    assert answer[0].to_ha_delta() == {"content": answer[0].text}

@@ -86,12 +86,7 @@ def build(abi: str, out: Path, *, sanitize: bool = False, extra: list[str] | Non
     return out
 
 
-def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
-    """Compile tests/stress.c with the fake's sources under ``-fsanitize=<sanitizer>``.
-
-    The result is a plain executable (``stress MODEL_JSON``) for ThreadSanitizer and
-    LeakSanitizer runs, which a Python host process cannot give.
-    """
+def _sanitized_executable(abi: str, sources: list[Path], out: Path, sanitizer: str) -> Path:
     if abi not in ABIS:
         raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +101,8 @@ def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
         "-fno-omit-frame-pointer",
         f"-DRKLLM_ABI={abi.replace('.', '')}",
         f"-I{HERE / 'include'}",
-        *map(str, SOURCES),
-        str(HERE / "tests" / "stress.c"),
+        f"-I{BRIDGE_DIR}",
+        *map(str, sources),
         "-o",
         str(out),
         "-lm",
@@ -116,28 +111,19 @@ def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
     return out
 
 
+def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
+    """Compile tests/stress.c with the fake's sources under ``-fsanitize=<sanitizer>``.
+
+    The result is a plain executable (``stress MODEL_JSON``) for ThreadSanitizer and
+    LeakSanitizer runs, which a Python host process cannot give.
+    """
+    return _sanitized_executable(abi, [*SOURCES, HERE / "tests" / "stress.c"], out, sanitizer)
+
+
 def build_bridge_stress(out: Path, sanitizer: str) -> Path:
     """Compile bridge/tests/bridge_stress.c with the bridge under ``-fsanitize=<sanitizer>``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        *compiler(),
-        "-std=c11",
-        "-O1",
-        "-g",
-        "-pthread",
-        *WARNINGS,
-        f"-fsanitize={sanitizer}",
-        "-fno-omit-frame-pointer",
-        "-DRKLLM_ABI=13",
-        f"-I{HERE / 'include'}",
-        f"-I{BRIDGE_DIR}",
-        str(BRIDGE_DIR / "bridge.c"),
-        str(BRIDGE_DIR / "tests" / "bridge_stress.c"),
-        "-o",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True)
-    return out
+    sources = [BRIDGE_DIR / "bridge.c", BRIDGE_DIR / "tests" / "bridge_stress.c"]
+    return _sanitized_executable("1.3", sources, out, sanitizer)
 
 
 def main(argv: list[str] | None = None) -> int:

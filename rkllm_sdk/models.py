@@ -154,6 +154,15 @@ def _cpus(value: Iterable[int] | int | None) -> frozenset[int] | None:
     return cores
 
 
+# Validation rules shared by ModelParams, Sampling and the other models (defined once).
+_NON_NEGATIVE_INT = _opt_int(lambda x: x >= 0, ">= 0")
+_TOP_P = _opt(lambda x: 0 < x <= 1, "in (0, 1]")
+_NON_NEGATIVE = _opt(lambda x: 0 <= x < math.inf, ">= 0")
+_POSITIVE = _opt(lambda x: 0 < x < math.inf, "> 0")
+_FINITE = _opt(_finite, "finite")
+_MIROSTAT = _opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
+
+
 def _array_repr(value: object) -> str:
     if isinstance(value, np.ndarray):
         return f"<{value.dtype} array {value.shape}>"
@@ -171,9 +180,7 @@ class ExtendParams:
     ``enabled_cpus_num`` is derived from it.
     """
 
-    base_domain_id: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x >= 0, ">= 0")
-    )
+    base_domain_id: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
     embed_flash: bool | None = attrs.field(default=None, validator=_opt_bool)
     enabled_cpus: frozenset[int] | None = attrs.field(default=None, converter=_cpus)
     n_batch: int | None = attrs.field(
@@ -203,28 +210,16 @@ class ModelParams:
     max_new_tokens: int | None = attrs.field(
         default=None, validator=_opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)")
     )
-    top_k: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    top_k: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
     n_keep: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= -1, ">= -1"))
-    top_p: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 < x <= 1, "in (0, 1]")
-    )
-    temperature: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
-    repeat_penalty: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 < x < math.inf, "> 0")
-    )
-    frequency_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
-    presence_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
-    mirostat: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
-    )
-    mirostat_tau: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
-    mirostat_eta: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
+    top_p: float | None = attrs.field(default=None, validator=_TOP_P)
+    temperature: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
+    repeat_penalty: float | None = attrs.field(default=None, validator=_POSITIVE)
+    frequency_penalty: float | None = attrs.field(default=None, validator=_FINITE)
+    presence_penalty: float | None = attrs.field(default=None, validator=_FINITE)
+    mirostat: int | None = attrs.field(default=None, validator=_MIROSTAT)
+    mirostat_tau: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
+    mirostat_eta: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
     skip_special_token: bool | None = attrs.field(default=None, validator=_opt_bool)
     is_async: bool | None = attrs.field(default=None, validator=_opt_bool)
     ignore_eos_token: bool | None = attrs.field(default=None, validator=_opt_bool)  # 1.3 only
@@ -247,7 +242,7 @@ class LoraAdapter:
 
     path: str = attrs.field(converter=os.fspath)
     name: str = attrs.field(validator=_role)
-    scale: float = attrs.field(default=1.0, validator=_opt(_finite, "finite"))
+    scale: float = attrs.field(default=1.0, validator=_FINITE)
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -291,8 +286,8 @@ class ImageInput:
     embeddings: FloatArray = attrs.field(
         converter=arrays.image_embeddings, eq=False, repr=_array_repr
     )
-    width: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
-    height: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    width: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
+    height: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
     start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
     end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
     content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
@@ -305,8 +300,8 @@ class VideoInput:
     embeddings: FloatArray = attrs.field(
         converter=arrays.video_embeddings, eq=False, repr=_array_repr
     )
-    frame_width: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
-    frame_height: int = attrs.field(default=0, validator=_opt_int(lambda x: x >= 0, ">= 0"))
+    frame_width: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
+    frame_height: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
     start: str | None = attrs.field(default=None, validator=_opt_text)
     end: str | None = attrs.field(default=None, validator=_opt_text)
     content: str | None = attrs.field(default=None, validator=_opt_text)
@@ -336,27 +331,15 @@ Input: TypeAlias = Prompt | TokenInput | EmbedInput | MultimodalInput
 class Sampling:
     """``RKLLMSamplingParam``: per-run sampling (runtime 1.3 only). ``None`` keeps the handle's."""
 
-    top_k: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= 0, ">= 0"))
-    top_p: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 < x <= 1, "in (0, 1]")
-    )
-    temperature: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
-    repeat_penalty: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 < x < math.inf, "> 0")
-    )
-    frequency_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
-    presence_penalty: float | None = attrs.field(default=None, validator=_opt(_finite, "finite"))
-    mirostat: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
-    )
-    mirostat_tau: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
-    mirostat_eta: float | None = attrs.field(
-        default=None, validator=_opt(lambda x: 0 <= x < math.inf, ">= 0")
-    )
+    top_k: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
+    top_p: float | None = attrs.field(default=None, validator=_TOP_P)
+    temperature: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
+    repeat_penalty: float | None = attrs.field(default=None, validator=_POSITIVE)
+    frequency_penalty: float | None = attrs.field(default=None, validator=_FINITE)
+    presence_penalty: float | None = attrs.field(default=None, validator=_FINITE)
+    mirostat: int | None = attrs.field(default=None, validator=_MIROSTAT)
+    mirostat_tau: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
+    mirostat_eta: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
 
 
 @attrs.frozen(kw_only=True)

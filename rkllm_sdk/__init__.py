@@ -34,6 +34,7 @@ from .errors import jsonrpc_code as jsonrpc_code
 from .llm import AsyncLLM as AsyncLLM
 from .llm import HandleInfo as HandleInfo
 from .llm import open_handles as open_handles
+from .metrics import MetricsSnapshot as MetricsSnapshot
 from .models import CallState as CallState
 from .models import CrossAttention as CrossAttention
 from .models import EmbedInput as EmbedInput
@@ -100,6 +101,7 @@ __all__ = [
     "InputType",
     "InvalidParamsError",
     "LoraAdapter",
+    "MetricsSnapshot",
     "ModelFileCheck",
     "ModelLoadError",
     "ModelParams",

@@ -32,10 +32,11 @@ import anyio.to_thread
 import attrs
 
 from . import _native as native
+from . import metrics
 from ._ffi.loader import Runtime, load_runtime
 from .arrays import FloatArray
 from .chat import ChatSession, ToolLike
-from .errors import BusyError, ClosedError, InvalidParamsError
+from .errors import BusyError, ClosedError, InvalidParamsError, RKLLMError
 from .models import (
     CrossAttention,
     InferMode,
@@ -121,6 +122,8 @@ class AsyncLLM:
         self._last: Generation | None = None  # the last finished run (for timings())
         self._opened_at = time.monotonic()
         self._runtime = handle.runtime
+        self._metrics = metrics.Recorder()
+        metrics.register(self, self._metrics)
         with _live_lock:
             _live.add(self)
 
@@ -215,7 +218,11 @@ class AsyncLLM:
             raise ClosedError("the model handle is closed")
         if not wait and (self._busy or self._slot.value == 0):
             raise BusyError("the model handle is busy (wait=False)")
-        await self._slot.acquire()
+        self._metrics.queued += 1
+        try:
+            await self._slot.acquire()
+        finally:
+            self._metrics.queued -= 1
         if self.closed:
             self._slot.release()
             raise ClosedError("the model handle was closed while waiting for it")
@@ -260,6 +267,13 @@ class AsyncLLM:
     def n_batch(self) -> int:
         """Inputs per run (``ExtendParams.n_batch``)."""
         return self._native_handle().n_batch
+
+    def metrics(self) -> metrics.MetricsSnapshot:
+        """This handle's counters and timings (see :mod:`rkllm_sdk.metrics`).
+
+        >>> llm.metrics().generate_tokens_per_s  # doctest: +SKIP
+        """
+        return self._metrics.snapshot()
 
     def timings(self) -> Generation | None:
         """The last finished run: the runtime's perf plus the SDK's time to first token,
@@ -337,16 +351,19 @@ class AsyncLLM:
         ...     async for chunk in s:
         ...         print(chunk.text, end="")
         """
-        options, limit = self._options(
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            keep_history=keep_history,
-            lora=lora,
-            prompt_cache=prompt_cache,
-        )
-        return TokenStream(
-            self, _coerce(prompt, role, thinking), options, stop=stop, wait=wait, limit=limit
-        )
+        try:
+            options, limit = self._options(
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                keep_history=keep_history,
+                lora=lora,
+                prompt_cache=prompt_cache,
+            )
+            inputs = _coerce(prompt, role, thinking)
+        except RKLLMError as exc:  # a refused call counts as a failed one
+            self._metrics.finished(seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__)
+            raise
+        return TokenStream(self, inputs, options, stop=stop, wait=wait, limit=limit)
 
     def chat(
         self,

@@ -268,7 +268,13 @@ class TokenStream:
         if self._state != "new":
             raise RuntimeError("a TokenStream can be entered only once")
         self._state = "starting"
-        await self._llm._acquire(self._wait, self)
+        try:
+            await self._llm._acquire(self._wait, self)
+        except RKLLMError as exc:
+            self._llm._metrics.finished(
+                seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__
+            )
+            raise
         try:
             handle = self._llm._native_handle()
             self._prepared = native.prepare_run(handle, self._inputs, self._options)
@@ -289,10 +295,15 @@ class TokenStream:
             self._t0 = time.perf_counter()
             self._state = "running"
             thread.start()
-        except BaseException:
+            self._llm._metrics.active += 1
+        except BaseException as exc:
             self._state = "closed"
             self._release_channel()
             self._llm._release()
+            if isinstance(exc, RKLLMError):
+                self._llm._metrics.finished(
+                    seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__
+                )
             raise
         return self
 
@@ -364,7 +375,15 @@ class TokenStream:
                 self._channel = None
             self._release_channel()
             self._llm._release()
+            self._record(error="AbortedError", perf=None)
         self._state = "closed"
+
+    def _record(self, *, error: str | None, perf: PerfStats | None) -> None:
+        recorder = self._llm._metrics
+        recorder.active -= 1
+        recorder.finished(
+            seconds=time.perf_counter() - self._t0, ttft_ms=self._ttft_ms, perf=perf, error=error
+        )
 
     def _abort_run(self) -> None:
         handle = self._llm._native_handle_or_none()
@@ -570,6 +589,7 @@ class TokenStream:
         self._state = "finished"
         self._release_channel()
         self._llm._release()
+        self._record(error="GenerationError" if failed else None, perf=results[0].perf)
         if failed:
             cause = self._worker_error
             error = GenerationError(

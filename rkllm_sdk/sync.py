@@ -26,6 +26,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._ffi.loader import Runtime
 from .arrays import FloatArray
 from .llm import AsyncLLM, PromptLike
+from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
 from .stream import Chunk, Generation, TokenStream
 
@@ -176,6 +177,10 @@ class LLM:
 
     def is_running(self) -> bool:
         return self._llm.is_running()
+
+    def metrics(self) -> MetricsSnapshot:
+        """This handle's counters and timings (see AsyncLLM.metrics)."""
+        return self._llm.metrics()
 
     def timings(self) -> Generation | None:
         """The last finished run (see AsyncLLM.timings)."""

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
 
 from ._ffi.loader import Runtime
+from .arrays import embeddings, token_ids
 from .errors import (
     ClosedError,
     GenerationError,
@@ -76,6 +77,8 @@ __all__ = [
     "prepare_run",
     "print_memorys",
     "print_timings",
+    "python_embedder",
+    "python_tokenizer",
     "read_results",
     "release_prompt_cache",
     "run",
@@ -891,3 +894,53 @@ class Channel:
 def bridge_live_objects(rt: Runtime) -> int:
     """Channels and arrays the bridge has allocated and not freed (for leak tests)."""
     return int(rt.bridge.rkb_live_objects())
+
+
+# ---- runtime 1.3 tokenizer / embedding callbacks from Python -------------------------------
+# These call user Python code, so they take the GIL on the runtime thread (unlike results,
+# which stay in C). Exceptions are kept in `errors` and the callback reports failure (-1 / 1),
+# which ends the run with RKLLM_RUN_ERROR; the SDK then raises with the exception as cause.
+
+
+def python_tokenizer(rt: Runtime, fn: Callable[[str], Any], errors: list[BaseException]) -> Any:
+    """An ``LLMTokenizerCallback`` that calls ``fn(text) -> token ids``."""
+    _only_on(rt, "1.3", "tokenizer callbacks")
+    ffi = rt.ffi
+
+    def callback(_ud: Any, text: Any, text_len: int, tokens: Any, n_max: int) -> int:
+        try:
+            ids = token_ids(fn(ffi.string(text, text_len).decode("utf-8", "replace")))
+            if ids.shape[0] > n_max:
+                raise InvalidParamsError(
+                    f"the tokenizer gave {ids.shape[0]} tokens; the runtime takes {n_max}"
+                )
+            ffi.memmove(tokens, ffi.from_buffer(ids), ids.nbytes)
+            return int(ids.shape[0])
+        except BaseException as exc:  # reported to the caller of the run, never lost here
+            errors.append(exc)
+            return -1
+
+    return ffi.callback("LLMTokenizerCallback", callback)
+
+
+def python_embedder(rt: Runtime, fn: Callable[[Any], Any], errors: list[BaseException]) -> Any:
+    """An ``LLMGetEmbedCallback`` that calls ``fn(token ids int32 [n]) -> float32 [n, hidden]``."""
+    _only_on(rt, "1.3", "embedding callbacks")
+    ffi = rt.ffi
+
+    def callback(_ud: Any, tokens: Any, num_tokens: int, embed: Any, length: int) -> int:
+        try:
+            ids = np.frombuffer(ffi.buffer(tokens, 4 * num_tokens), dtype=np.int32).copy()
+            rows = embeddings(fn(ids))
+            if rows.shape[0] != num_tokens or rows.nbytes != length:
+                raise InvalidParamsError(
+                    f"the embedder gave {rows.shape} float32 for {num_tokens} tokens; "
+                    f"the runtime wants {length} bytes"
+                )
+            ffi.memmove(embed, ffi.from_buffer(rows), length)
+            return 0
+        except BaseException as exc:  # reported to the caller of the run, never lost here
+            errors.append(exc)
+            return 1
+
+    return ffi.callback("LLMGetEmbedCallback", callback)

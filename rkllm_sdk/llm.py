@@ -34,7 +34,7 @@ import attrs
 from . import _native as native
 from . import metrics
 from ._ffi.loader import Runtime, load_runtime
-from .arrays import FloatArray
+from .arrays import FloatArray, IntArray
 from .chat import ChatSession, ToolLike
 from .errors import BusyError, ClosedError, InvalidParamsError, RKLLMError
 from .models import (
@@ -120,6 +120,7 @@ class AsyncLLM:
         self._busy = False
         self._current: TokenStream | None = None  # the stream running on the handle, if any
         self._last: Generation | None = None  # the last finished run (for timings())
+        self._callback_errors: list[BaseException] = []  # from 1.3 tokenizer / embedder
         self._opened_at = time.monotonic()
         self._runtime = handle.runtime
         self._metrics = metrics.Recorder()
@@ -137,6 +138,8 @@ class AsyncLLM:
         runtime: str | os.PathLike[str] | None = None,
         abi: str | None = None,
         params: ModelParams | None = None,
+        tokenizer: Callable[[str], Sequence[int]] | None = None,
+        embedder: Callable[[IntArray], Any] | None = None,
     ) -> AsyncLLM:
         """Find the runtime, pick its ABI and load the model (all in a worker thread).
 
@@ -146,6 +149,10 @@ class AsyncLLM:
                 (default: ``RKLLM_RUNTIME``, then the system locations).
             abi: ``"1.2"`` or ``"1.3"`` (default: ``RKLLM_ABI``, then detection).
             params: init parameters; unset fields keep the runtime's defaults.
+            tokenizer: runtime 1.3, for models without their own tokenizer: text -> ids.
+            embedder: runtime 1.3, for models without their own embedding layer:
+                int32 ids ``[n]`` -> float32 ``[n, hidden]``. Both run on the runtime's
+                thread with the GIL; their exceptions fail the run and become its cause.
 
         Raises:
             RuntimeNotFoundError, RuntimeVersionError, ModelLoadError, InvalidParamsError.
@@ -154,11 +161,24 @@ class AsyncLLM:
         """
         path = os.fspath(model_path)
         rt = await anyio.to_thread.run_sync(functools.partial(load_runtime, runtime, abi=abi))
+        errors: list[BaseException] = []
+        callbacks: dict[str, Any] = {}
+        if tokenizer is not None:
+            callbacks["tokenizer_callback"] = native.python_tokenizer(rt, tokenizer, errors)
+        if embedder is not None:
+            callbacks["embed_callback"] = native.python_embedder(rt, embedder, errors)
         init = functools.partial(
-            native.init, rt, path, params or ModelParams(), rt.bridge.rkb_result_callback
+            native.init,
+            rt,
+            path,
+            params or ModelParams(),
+            rt.bridge.rkb_result_callback,
+            **callbacks,
         )
         handle = await anyio.to_thread.run_sync(init)
-        return cls(handle, path)
+        llm = cls(handle, path)
+        llm._callback_errors = errors
+        return llm
 
     async def __aenter__(self) -> AsyncLLM:
         return self

@@ -591,7 +591,9 @@ class TokenStream:
         self._llm._release()
         self._record(error="GenerationError" if failed else None, perf=results[0].perf)
         if failed:
-            cause = self._worker_error
+            errors = self._llm._callback_errors
+            cause = self._worker_error or (errors[-1] if errors else None)
+            errors.clear()
             error = GenerationError(
                 f"the run failed (rkllm_run returned {drained.run_rc}); "
                 f"{len(results[0].text)} characters were generated before the error",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
@@ -117,6 +117,8 @@ class LLM:
         runtime: str | os.PathLike[str] | None = None,
         abi: str | None = None,
         params: ModelParams | None = None,
+        tokenizer: Callable[[str], Sequence[int]] | None = None,
+        embedder: Callable[[Any], Any] | None = None,
         backend: str = "asyncio",
     ) -> LLM:
         """Load a model (see :meth:`AsyncLLM.load`); ``backend`` runs the portal's loop."""
@@ -125,7 +127,13 @@ class LLM:
         try:
             llm = portal.call(
                 functools.partial(
-                    AsyncLLM.load, model_path, runtime=runtime, abi=abi, params=params
+                    AsyncLLM.load,
+                    model_path,
+                    runtime=runtime,
+                    abi=abi,
+                    params=params,
+                    tokenizer=tokenizer,
+                    embedder=embedder,
                 )
             )
         except BaseException as exc:

@@ -62,14 +62,17 @@ class MetricsSnapshot:
 
     @property
     def prefill_tokens_per_s(self) -> float:
+        """Prefill tokens per second of runtime prefill time."""
         return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
 
     @property
     def generate_tokens_per_s(self) -> float:
+        """Generated tokens per second of runtime decode time."""
         return self.generate_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
 
     @property
     def ttft_seconds_mean(self) -> float:
+        """Mean time to first token."""
         return self.ttft_seconds_total / self.ttft_count if self.ttft_count else 0.0
 
     def _repr_html_(self) -> str:

@@ -388,6 +388,7 @@ class CrossAttention:
 
     @property
     def num_tokens(self) -> int:
+        """The encoder's token count (length of mask and positions)."""
         return int(self.mask.shape[0])
 
 

@@ -169,21 +169,26 @@ class LLM:
 
     @property
     def runtime(self) -> Runtime:
+        """The runtime library this handle runs on (path, version, ABI)."""
         return self._llm.runtime
 
     @property
     def params(self) -> ModelParams:
+        """The init parameters in force."""
         return self._llm.params
 
     @property
     def n_batch(self) -> int:
+        """Inputs per run."""
         return self._llm.n_batch
 
     @property
     def closed(self) -> bool:
+        """True once close() has begun."""
         return self._llm.closed
 
     def is_running(self) -> bool:
+        """Whether the runtime reports a task in progress."""
         return self._llm.is_running()
 
     def metrics(self) -> MetricsSnapshot:
@@ -205,12 +210,14 @@ class LLM:
         return result
 
     def generate_batch(self, prompts: Sequence[Input], **options: Any) -> list[Generation]:
+        """One batched run; one Generation per input (see AsyncLLM.generate_batch)."""
         result: list[Generation] = self._call(self._llm.generate_batch, prompts, **options)
         return result
 
     def logits(
         self, prompt: PromptLike, *, all_tokens: bool = False, keep_history: bool = False
     ) -> FloatArray:
+        """Logits of the last token, or of every token (see AsyncLLM.logits)."""
         result: FloatArray = self._call(
             self._llm.logits, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
@@ -219,33 +226,41 @@ class LLM:
     def hidden_states(
         self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
     ) -> FloatArray:
+        """Last-layer hidden states (see AsyncLLM.hidden_states)."""
         result: FloatArray = self._call(
             self._llm.hidden_states, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
         return result
 
     def abort(self) -> None:
+        """Abort the run in progress, if any."""
         self._call(self._llm.abort)
 
     def clear_kv_cache(
         self, *, keep_system_prompt: bool = False, ranges: Sequence[tuple[int, int]] | None = None
     ) -> None:
+        """Clear the KV cache (see AsyncLLM.clear_kv_cache)."""
         self._call(self._llm.clear_kv_cache, keep_system_prompt=keep_system_prompt, ranges=ranges)
 
     def kv_cache_size(self) -> list[int]:
+        """Tokens in the KV cache, one count per batch."""
         result: list[int] = self._call(self._llm.kv_cache_size)
         return result
 
     def load_lora(self, adapter: LoraAdapter) -> None:
+        """Load (or replace) a LoRA adapter."""
         self._call(self._llm.load_lora, adapter)
 
     def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
+        """Load a prompt cache saved by an earlier run."""
         self._call(self._llm.load_prompt_cache, path)
 
     def release_prompt_cache(self) -> None:
+        """Drop the loaded prompt cache."""
         self._call(self._llm.release_prompt_cache)
 
     def set_chat_template(self, system_prompt: str, prefix: str, postfix: str) -> None:
+        """Replace the model's chat template."""
         self._call(self._llm.set_chat_template, system_prompt, prefix, postfix)
 
     def set_function_tools(
@@ -254,9 +269,11 @@ class LLM:
         tools: str | Sequence[Mapping[str, Any]],
         tool_response_str: str = "tool_response",
     ) -> None:
+        """Give the model OpenAI-format tools."""
         self._call(self._llm.set_function_tools, system_prompt, tools, tool_response_str)
 
     def set_cross_attention(self, cross: CrossAttention | None) -> None:
+        """Set (or clear with None) the cross-attention arrays."""
         self._call(self._llm.set_cross_attention, cross)
 
     def __repr__(self) -> str:

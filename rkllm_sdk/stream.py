@@ -316,18 +316,20 @@ class TokenStream:
         await self.aclose()
 
     def _worker(self, handle: native.NativeHandle) -> None:
-        # Runs rkllm_run on its own thread; the callbacks never come back into Python.
-        assert self._channel is not None and self._prepared is not None
+        # Runs rkllm_run on its own thread; the callbacks never come back into Python. The
+        # channel and inputs are held locally: the stream may drop its references meanwhile.
+        channel, prepared = self._channel, self._prepared
+        assert channel is not None and prepared is not None
         rc = 0
         try:
-            native.run_prepared(handle, self._prepared, userdata=self._channel.userdata)
+            native.run_prepared(handle, prepared, userdata=channel.userdata)
         except GenerationError as exc:
             rc = exc.code if exc.code is not None else -1
         except BaseException as exc:  # surfaced to the consumer, never lost on this thread
             self._worker_error = exc
             rc = -1
         finally:
-            self._channel.set_done(rc)
+            channel.set_done(rc)
 
     async def aclose(self) -> None:
         """Stop the run if it is still going and wait until the runtime has let go of it.

@@ -251,7 +251,7 @@ class TokenStream:
         self._worker_error: BaseException | None = None
         self._result: list[Generation] | None = None
         self._error: RKLLMError | None = None
-        self._pump_lock = anyio.Lock()
+        self._pump_lock = anyio.Lock(fast_acquire=True)  # no extra loop pass per token
         self._closed: anyio.Event | None = None  # set once closing has finished
         self._t0 = 0.0
         self._ttft_ms: float | None = None

@@ -118,6 +118,29 @@ API void rkb_channel_close(rkb_channel* ch) {
     pthread_mutex_unlock(&ch->mu);
 }
 
+API void rkb_channel_reset(rkb_channel* ch, int array_rows, int release_buffers) {
+    pthread_mutex_lock(&ch->mu);
+    page_buf* pending = &ch->pages[ch->producing];
+    for (size_t k = 0; k < pending->n; k++) {
+        if (pending->events[k].array) {
+            free(pending->events[k].array);
+            atomic_fetch_sub(&g_live, 1);
+        }
+    }
+    for (int k = 0; k < 2; k++) { /* the drained page's arrays belong to the consumer */
+        ch->pages[k].n = 0;
+        ch->pages[k].text_len = 0;
+    }
+    ch->array_rows = array_rows;
+    ch->release_buffers = release_buffers;
+    ch->waiting = ch->finished = ch->finished_drained = ch->run_done = ch->run_rc = 0;
+    atomic_store(&ch->pause, 0);
+    atomic_store(&ch->closed, 0);
+    memset(ch->perf, 0, sizeof ch->perf);
+    pthread_mutex_unlock(&ch->mu);
+    rkb_channel_ack(ch); /* a wakeup left over from the last run must not wake the next */
+}
+
 API void rkb_channel_set_done(rkb_channel* ch, int rc) {
     pthread_mutex_lock(&ch->mu);
     ch->run_done = 1;

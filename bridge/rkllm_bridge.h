@@ -55,6 +55,9 @@ int rkb_channel_fd(const rkb_channel* ch);
 void rkb_channel_pause(rkb_channel* ch);
 /* The consumer is gone: later events are dropped and a blocked producer is released. */
 void rkb_channel_close(rkb_channel* ch);
+/* Makes a channel whose run has ended (rkb_channel_set_done was called) ready for the next
+ * run, keeping its buffers: events left undrained are dropped (their arrays freed). */
+void rkb_channel_reset(rkb_channel* ch, int array_rows, int release_buffers);
 /* Called by the thread that ran rkllm_run once it returned, with its return code. */
 void rkb_channel_set_done(rkb_channel* ch, int rc);
 /* Moves every pending event into *page (valid until the next drain). Returns the number of

@@ -880,6 +880,13 @@ class Channel:
         """The consumer is gone: drop later events, release a blocked runtime thread."""
         self._bridge.rkb_channel_close(self._ptr)
 
+    def reset(self, *, array_rows: int = 0, release_buffers: bool = False) -> None:
+        """Ready this channel for another run on the same handle, keeping its buffers.
+
+        Only once the previous run's ``rkllm_run`` has returned.
+        """
+        self._bridge.rkb_channel_reset(self._ptr, array_rows, int(release_buffers))
+
     def set_done(self, rc: int) -> None:
         """Called by the thread that ran rkllm_run, after it returned."""
         self._bridge.rkb_channel_set_done(self._ptr, rc)

@@ -48,7 +48,7 @@ from .models import (
     PromptCache,
     Sampling,
 )
-from .stream import Generation, TokenStream
+from .stream import MAX_PENDING, Generation, TokenStream
 
 __all__ = ["AsyncLLM", "HandleInfo", "open_handles"]
 
@@ -121,6 +121,8 @@ class AsyncLLM:
         self._current: TokenStream | None = None  # the stream running on the handle, if any
         self._last: Generation | None = None  # the last finished run (for timings())
         self._callback_errors: list[BaseException] = []  # from 1.3 tokenizer / embedder
+        # The bridge channel of the last finished run, reused by the next (its buffers stay).
+        self._spare_channel: native.Channel | None = None
         self._opened_at = time.monotonic()
         self._runtime = handle.runtime
         self._metrics = metrics.Recorder()
@@ -208,6 +210,7 @@ class AsyncLLM:
             try:
                 await anyio.to_thread.run_sync(native.destroy, handle)
             finally:
+                self._free_spare_channel()
                 self._handle = None
                 self._slot.release()
                 with _live_lock:
@@ -220,6 +223,7 @@ class AsyncLLM:
             with contextlib.suppress(Exception):  # best effort at interpreter exit
                 native.abort(handle)
                 native.destroy(handle)
+                self._free_spare_channel()
 
     @property
     def closed(self) -> bool:
@@ -253,6 +257,31 @@ class AsyncLLM:
         self._busy = False
         self._current = None
         self._slot.release()
+
+    def _take_channel(self, array_rows: int, release_buffers: bool) -> native.Channel:
+        """A bridge channel for the next run: the spare one reset, or a new one."""
+        channel, self._spare_channel = self._spare_channel, None
+        if channel is None:
+            return native.Channel(
+                self._runtime,
+                self._native_handle().n_batch,
+                array_rows=array_rows,
+                release_buffers=release_buffers,
+                max_pending=MAX_PENDING,
+            )
+        channel.reset(array_rows=array_rows, release_buffers=release_buffers)
+        return channel
+
+    def _return_channel(self, channel: native.Channel) -> None:
+        if self._spare_channel is None and not self.closed:
+            self._spare_channel = channel
+        else:
+            channel.free()
+
+    def _free_spare_channel(self) -> None:
+        channel, self._spare_channel = self._spare_channel, None
+        if channel is not None:
+            channel.free()
 
     def _native_handle(self) -> native.NativeHandle:
         if self._handle is None:

@@ -281,13 +281,7 @@ class TokenStream:
             if self._stop and handle.n_batch > 1:
                 raise InvalidParamsError("stop strings need a single-batch handle")
             release = handle.runtime.abi == "1.3" and self._array_rows > 0
-            self._channel = native.Channel(
-                handle.runtime,
-                handle.n_batch,
-                array_rows=self._array_rows,
-                release_buffers=release,
-                max_pending=MAX_PENDING,
-            )
+            self._channel = self._llm._take_channel(self._array_rows, release)
             self._batches = [_Batch() for _ in range(handle.n_batch)]
             thread = threading.Thread(
                 target=self._worker, args=(handle,), name="rkllm-run", daemon=True
@@ -394,8 +388,9 @@ class TokenStream:
                 native.abort(handle)
 
     def _release_channel(self) -> None:
+        # Only once rkllm_run has returned (or the run never started): back to the handle's pool.
         if self._channel is not None:
-            self._channel.free()
+            self._llm._return_channel(self._channel)
             self._channel = None
         self._prepared = None
 

@@ -3,7 +3,8 @@
  * LeakSanitizer. A producer thread plays the runtime (calls rkb_result_callback); the main
  * thread consumes like the SDK (drain, wait on the fd, ack). Checked: every token arrives
  * once and in order; a small max_pending blocks the producer instead of dropping; closing
- * early releases a blocked producer; every channel and array is freed.
+ * early releases a blocked producer; a reset channel serves a second run; every channel and
+ * array is freed.
  *   bridge_stress -> exit 0 and "ok ..." when every check held
  */
 #define _POSIX_C_SOURCE 200809L
@@ -83,13 +84,16 @@ static int consume_all(rkb_channel* ch, int close_after) {
 static void scenario(int tokens, size_t max_pending, int close_after) {
     rkb_channel* ch = rkb_channel_new(1, 2, 0, max_pending);
     CHECK(ch != NULL);
-    producer_arg a = {ch, tokens};
-    pthread_t t;
-    CHECK(pthread_create(&t, NULL, producer, &a) == 0);
-    int seen = consume_all(ch, close_after);
-    CHECK(pthread_join(t, NULL) == 0);
-    if (close_after) CHECK(seen >= close_after);
-    else CHECK(seen == tokens);
+    for (int round = 0; round < 2; round++) { /* the second run reuses the reset channel */
+        if (round) rkb_channel_reset(ch, 2, 0);
+        producer_arg a = {ch, tokens};
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, producer, &a) == 0);
+        int seen = consume_all(ch, close_after);
+        CHECK(pthread_join(t, NULL) == 0);
+        if (close_after) CHECK(seen >= close_after);
+        else CHECK(seen == tokens);
+    }
     rkb_channel_free(ch);
 }
 

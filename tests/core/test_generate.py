@@ -147,3 +147,18 @@ async def test_timings_of_the_last_run(load: LoadLLM) -> None:
     assert t.tokens_per_s > 0
     html = t._repr_html_()
     assert "<table>" in html and "tok/s" in html
+
+
+async def test_the_bridge_channel_is_reused_across_runs(load: LoadLLM) -> None:
+    """Runs on one handle reuse one bridge channel (its buffers), including after an abort."""
+    llm = await load(natural_end=False, decode_ms=1, script=[{"match": "x", "reply": "same reply"}])
+    base = _native.bridge_live_objects(llm.runtime)
+    first = await llm.generate("x", stop=["reply"])
+    assert _native.bridge_live_objects(llm.runtime) == base + 1  # the spare channel
+    async with llm.stream("y") as s:
+        async for _ in s:
+            break
+    for _ in range(5):
+        gen = await llm.generate("x", stop=["reply"])
+        assert gen.text == first.text == "same "
+    assert _native.bridge_live_objects(llm.runtime) == base + 1

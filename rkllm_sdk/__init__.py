@@ -58,6 +58,7 @@ from .stream import Chunk as Chunk
 from .stream import Generation as Generation
 from .stream import TokenStream as TokenStream
 from .sync import LLM as LLM
+from .sync import SyncChatSession as SyncChatSession
 from .sync import SyncTokenStream as SyncTokenStream
 
 
@@ -116,6 +117,7 @@ __all__ = [
     "RuntimeNotFoundError",
     "RuntimeVersionError",
     "Sampling",
+    "SyncChatSession",
     "SyncTokenStream",
     "TokenInput",
     "TokenStream",

@@ -25,12 +25,13 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._ffi.loader import Runtime
 from .arrays import FloatArray
+from .chat import ChatReply, ChatSession, ToolLike
 from .llm import AsyncLLM, PromptLike
 from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
 from .stream import Chunk, Generation, TokenStream
 
-__all__ = ["LLM", "SyncTokenStream"]
+__all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
 
 
 class SyncTokenStream:
@@ -93,6 +94,40 @@ class SyncTokenStream:
         for _ in self:
             pass
         return self.result()
+
+
+class SyncChatSession:
+    """A :class:`ChatSession` with blocking calls (see ``LLM.chat()``)."""
+
+    def __init__(self, portal: BlockingPortal, session: ChatSession) -> None:
+        self._portal = portal
+        self.session = session
+
+    @property
+    def turns(self) -> list[ChatReply]:
+        """The replies so far."""
+        return self.session.turns
+
+    def send(self, text: str, **options: Any) -> ChatReply:
+        """Send a user message and return the reply (see ChatSession.send).
+
+        >>> chat.send("Turn on the kitchen light").tool_calls  # doctest: +SKIP
+        """
+        reply: ChatReply = self._portal.call(functools.partial(self.session.send, text, **options))
+        return reply
+
+    def send_tool_results(
+        self, results: Mapping[str, Any] | Sequence[Any], **options: Any
+    ) -> ChatReply:
+        """Send tool results back and return the reply (see ChatSession.send_tool_results)."""
+        reply: ChatReply = self._portal.call(
+            functools.partial(self.session.send_tool_results, results, **options)
+        )
+        return reply
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self._portal.call(self.session.reset)
 
 
 class LLM:
@@ -203,6 +238,21 @@ class LLM:
         """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream)."""
         stream: TokenStream = self._call(self._llm.stream, prompt, **options)
         return SyncTokenStream(self._portal, stream)
+
+    def chat(
+        self,
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolLike] = (),
+        thinking: bool = False,
+        template: tuple[str, str, str] | None = None,
+    ) -> SyncChatSession:
+        """A blocking chat session (see AsyncLLM.chat).
+
+        >>> chat = llm.chat(system="You control a home.", tools=[set_light])  # doctest: +SKIP
+        """
+        session = self._llm.chat(system=system, tools=tools, thinking=thinking, template=template)
+        return SyncChatSession(self._portal, session)
 
     def generate(self, prompt: PromptLike, **options: Any) -> Generation:
         """Run to the end (options as AsyncLLM.stream)."""

@@ -84,3 +84,22 @@ def test_errors_cross_the_portal(
     llm.close()
     llm.close()
     assert llm.closed
+
+
+def test_sync_chat_tool_round_trip(abi: str, model: ModelFactory, no_leaks: None) -> None:
+    """LLM.chat() gives the same tool-call round trip as the async session."""
+
+    def get_temperature(room: str) -> float:
+        """Read a room's temperature."""
+        return 21.5
+
+    with rk.LLM.load(model(), runtime="fake", abi=abi) as llm:
+        chat = llm.chat(system="Home.", tools=[get_temperature])
+        reply = chat.send("get_temperature please")
+        (call,) = reply.tool_calls
+        assert (call.name, call.arguments) == ("get_temperature", {"room": "fake-room"})
+        answer = chat.send_tool_results([get_temperature(**call.arguments)])
+        assert answer.text == "The tool returned: 21.5"
+        assert len(chat.turns) == 2
+        chat.reset()
+        assert llm.kv_cache_size() == [0]

@@ -353,7 +353,10 @@ class ChatSession:
         self._configured = True
 
     def reply_from(self, generation: Generation) -> ChatReply:
-        """Split a finished turn's :class:`Generation` into a :class:`ChatReply`."""
+        """Split a finished turn's :class:`Generation` into a :class:`ChatReply`.
+
+        >>> reply = chat.reply_from(s.result())  # doctest: +SKIP
+        """
         thinking, rest = split_thinking(generation.text)
         text, calls = parse_tool_calls(rest, self.tools or None)
         reason = (
@@ -372,21 +375,30 @@ class ChatSession:
         return reply
 
     async def stream(self, text: str, *, role: str = "user", **options: Any) -> TokenStream:
-        """The next turn as a :class:`TokenStream` (then ``reply_from(s.result())``)."""
+        """The next turn as a :class:`TokenStream` (then ``reply_from(s.result())``).
+
+        >>> async with await chat.stream("Hi") as s: ...  # doctest: +SKIP
+        """
         await self._configure()
         return self._llm.stream(
             text, role=role, thinking=self.thinking, keep_history=True, **options
         )
 
     async def send(self, text: str, **options: Any) -> ChatReply:
-        """Send a user message and return the assistant's reply."""
+        """Send a user message and return the assistant's reply.
+
+        >>> (await chat.send("Turn on the kitchen light")).tool_calls  # doctest: +SKIP
+        """
         async with await self.stream(text, **options) as s:
             return self.reply_from(await s.final())
 
     async def send_tool_results(
         self, results: Mapping[str, Any] | Sequence[Any], **options: Any
     ) -> ChatReply:
-        """Send tool results back: ``{call id or name: result}``, or a list in call order."""
+        """Send tool results back: ``{call id or name: result}``, or a list in call order.
+
+        >>> await chat.send_tool_results({call.id: {"ok": True}})  # doctest: +SKIP
+        """
         if isinstance(results, Mapping):
             payload = [{"id": key, "result": value} for key, value in results.items()]
         else:
@@ -401,6 +413,9 @@ class ChatSession:
             return self.reply_from(await s.final())
 
     async def reset(self) -> None:
-        """Forget the conversation (the system prompt and tools stay)."""
+        """Forget the conversation (the system prompt and tools stay).
+
+        >>> await chat.reset()  # doctest: +SKIP
+        """
         await self._llm.clear_kv_cache()
         self.turns.clear()

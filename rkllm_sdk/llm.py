@@ -197,6 +197,8 @@ class AsyncLLM:
         """Abort what is running, wait for it, and destroy the handle. Idempotent.
 
         Callers still queued for the handle get :class:`ClosedError`.
+
+        >>> await llm.aclose()  # doctest: +SKIP
         """
         if self._handle is None or self._closing:
             return
@@ -227,7 +229,10 @@ class AsyncLLM:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`aclose` has begun."""
+        """True once :meth:`aclose` has begun.
+
+        >>> llm.closed  # doctest: +SKIP
+        """
         return self._handle is None or self._closing
 
     def _state_name(self) -> str:
@@ -304,17 +309,26 @@ class AsyncLLM:
 
     @property
     def runtime(self) -> Runtime:
-        """The runtime library this handle runs on (path, version, ABI)."""
+        """The runtime library this handle runs on (path, version, ABI).
+
+        >>> llm.runtime.abi, llm.runtime.version  # doctest: +SKIP
+        """
         return self._runtime
 
     @property
     def params(self) -> ModelParams:
-        """The init parameters in force (runtime defaults plus the ones given to load)."""
+        """The init parameters in force (runtime defaults plus the ones given to load).
+
+        >>> llm.params.max_context_len  # doctest: +SKIP
+        """
         return self._native_handle().params
 
     @property
     def n_batch(self) -> int:
-        """Inputs per run (``ExtendParams.n_batch``)."""
+        """Inputs per run (``ExtendParams.n_batch``).
+
+        >>> llm.n_batch  # doctest: +SKIP
+        """
         return self._native_handle().n_batch
 
     def metrics(self) -> metrics.MetricsSnapshot:
@@ -330,11 +344,16 @@ class AsyncLLM:
 
         The supported replacement for the undocumented ``rkllm_get_timings`` /
         ``rkllm_print_timings``.
+
+        >>> llm.timings().ttft_ms  # doctest: +SKIP
         """
         return self._last
 
     def is_running(self) -> bool:
-        """Whether the runtime reports a task in progress (a quick C call)."""
+        """Whether the runtime reports a task in progress (a quick C call).
+
+        >>> llm.is_running()  # doctest: +SKIP
+        """
         return native.is_running(self._native_handle())
 
     def __repr__(self) -> str:
@@ -439,7 +458,11 @@ class AsyncLLM:
             return await s.final()
 
     async def generate_batch(self, prompts: Sequence[Input], **options: Any) -> list[Generation]:
-        """One batched run (``n_batch`` inputs); one :class:`Generation` per input."""
+        """One batched run (``n_batch`` inputs); one :class:`Generation` per input.
+
+        >>> inputs = [rk.Prompt(text="a"), rk.Prompt(text="b")]  # doctest: +SKIP
+        >>> gens = await llm.generate_batch(inputs)  # doctest: +SKIP
+        """
         async with self.stream(list(prompts), **options) as s:
             await s.final()
             return s.results()
@@ -474,11 +497,17 @@ class AsyncLLM:
     async def hidden_states(
         self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
     ) -> FloatArray:
-        """Last-layer hidden states of every input token (``[n, hidden]``), or the last one."""
+        """Last-layer hidden states of every input token (``[n, hidden]``), or the last one.
+
+        >>> (await llm.hidden_states("Hello")).shape  # doctest: +SKIP
+        """
         return await self._array(prompt, InferMode.GET_LAST_HIDDEN_LAYER, all_tokens, keep_history)
 
     async def abort(self) -> None:
-        """Abort the run in progress, if any (its stream ends with finish_reason "abort")."""
+        """Abort the run in progress, if any (its stream ends with finish_reason "abort").
+
+        >>> await llm.abort()  # doctest: +SKIP
+        """
         self._native_handle()
         if self._current is not None:
             self._current.abort()
@@ -488,29 +517,47 @@ class AsyncLLM:
     async def clear_kv_cache(
         self, *, keep_system_prompt: bool = False, ranges: Sequence[tuple[int, int]] | None = None
     ) -> None:
-        """Clear the KV cache (keeping the system prompt if asked), or ranges per batch."""
+        """Clear the KV cache (keeping the system prompt if asked), or ranges per batch.
+
+        >>> await llm.clear_kv_cache(keep_system_prompt=True)  # doctest: +SKIP
+        """
         await self._call(
             native.clear_kv_cache, keep_system_prompt=keep_system_prompt, ranges=ranges
         )
 
     async def kv_cache_size(self) -> list[int]:
-        """Tokens in the KV cache, one count per batch."""
+        """Tokens in the KV cache, one count per batch.
+
+        >>> await llm.kv_cache_size()  # doctest: +SKIP
+        """
         return await self._call(native.kv_cache_size)
 
     async def load_lora(self, adapter: LoraAdapter) -> None:
-        """Load (or replace) a LoRA adapter; runs select it with ``lora=name``."""
+        """Load (or replace) a LoRA adapter; runs select it with ``lora=name``.
+
+        >>> await llm.load_lora(rk.LoraAdapter(path="style.rkllm", name="style"))  # doctest: +SKIP
+        """
         await self._call(native.load_lora, adapter)
 
     async def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
-        """Load a prompt cache saved by a run with ``prompt_cache=path``."""
+        """Load a prompt cache saved by a run with ``prompt_cache=path``.
+
+        >>> await llm.load_prompt_cache("prefix.cache")  # doctest: +SKIP
+        """
         await self._call(native.load_prompt_cache, path)
 
     async def release_prompt_cache(self) -> None:
-        """Drop the loaded prompt cache."""
+        """Drop the loaded prompt cache.
+
+        >>> await llm.release_prompt_cache()  # doctest: +SKIP
+        """
         await self._call(native.release_prompt_cache)
 
     async def set_chat_template(self, system_prompt: str, prefix: str, postfix: str) -> None:
-        """Replace the model's chat template."""
+        """Replace the model's chat template.
+
+        >>> await llm.set_chat_template("", "<|user|>", "<|assistant|>")  # doctest: +SKIP
+        """
         await self._call(native.set_chat_template, system_prompt, prefix, postfix)
 
     async def set_function_tools(
@@ -519,11 +566,19 @@ class AsyncLLM:
         tools: str | Sequence[Mapping[str, Any]],
         tool_response_str: str = "tool_response",
     ) -> None:
-        """Give the model OpenAI-format tools (function calling)."""
+        """Give the model OpenAI-format tools (function calling).
+
+        >>> tools = [rk.tool_schema(set_light)]  # doctest: +SKIP
+        >>> await llm.set_function_tools("You control a home.", tools)  # doctest: +SKIP
+        """
         await self._call(native.set_function_tools, system_prompt, tools, tool_response_str)
 
     async def set_cross_attention(self, cross: CrossAttention | None) -> None:
-        """Set (or clear with None) the cross-attention encoder arrays."""
+        """Set (or clear with None) the cross-attention encoder arrays.
+
+        >>> cross = rk.CrossAttention(k_cache=k, v_cache=v, mask=m, positions=p)  # doctest: +SKIP
+        >>> await llm.set_cross_attention(cross)  # doctest: +SKIP
+        """
         if cross is not None and not isinstance(cross, CrossAttention):
             raise InvalidParamsError("set_cross_attention takes a CrossAttention or None")
         await self._call(native.set_cross_attention, cross)

@@ -329,6 +329,8 @@ class TokenStream:
         """Stop the run if it is still going and wait until the runtime has let go of it.
 
         Idempotent, and safe from any task. Never interrupted by cancellation.
+
+        >>> await s.aclose()  # doctest: +SKIP
         """
         if self._state in ("new", "starting"):
             self._state = "closed"
@@ -398,6 +400,8 @@ class TokenStream:
         """Ask the runtime to stop; iteration then ends with finish_reason "abort".
 
         Unlike :meth:`aclose` it does not wait; the remaining chunks can still be read.
+
+        >>> s.abort()  # doctest: +SKIP
         """
         if self._state == "running":
             self._abort_reason = self._abort_reason or "abort"
@@ -407,6 +411,8 @@ class TokenStream:
         """Ask the runtime to pause after the next token (the callback returns 1).
 
         The run ends (FINISH) with the KV cache kept; the next run continues from it.
+
+        >>> s.pause()  # doctest: +SKIP
         """
         if self._channel is not None and self._state == "running":
             self._abort_reason = self._abort_reason or "pause"
@@ -605,7 +611,10 @@ class TokenStream:
 
     @property
     def finished(self) -> bool:
-        """True once the run has ended and every chunk has been produced."""
+        """True once the run has ended and every chunk has been produced.
+
+        >>> s.finished  # doctest: +SKIP
+        """
         return self._state == "finished"
 
     def result(self, batch: int = 0) -> Generation:
@@ -613,19 +622,27 @@ class TokenStream:
 
         Raises:
             RuntimeError: the run has not finished (or was closed before it did).
+
+        >>> s.result().text  # doctest: +SKIP
         """
         if self._result is None:
             raise RuntimeError("the stream has not finished: iterate it to the end first")
         return self._result[batch]
 
     def results(self) -> list[Generation]:
-        """Every batch's :class:`Generation`."""
+        """Every batch's :class:`Generation`.
+
+        >>> [g.text for g in s.results()]  # doctest: +SKIP
+        """
         self.result()
         assert self._result is not None
         return list(self._result)
 
     async def final(self) -> Generation:
-        """Consume the rest of the stream and return its :class:`Generation`."""
+        """Consume the rest of the stream and return its :class:`Generation`.
+
+        >>> gen = await s.final()  # doctest: +SKIP
+        """
         async for _ in self:
             pass
         return self.result()

@@ -70,27 +70,45 @@ class SyncTokenStream:
         return chunk
 
     def close(self) -> None:
-        """Abort if still running and wait for the runtime (see :meth:`TokenStream.aclose`)."""
+        """Abort if still running and wait for the runtime (see :meth:`TokenStream.aclose`).
+
+        >>> s.close()  # doctest: +SKIP
+        """
         self._portal.call(self._stream.aclose)
 
     def abort(self) -> None:
-        """Ask the runtime to stop; iteration ends with finish_reason "abort"."""
+        """Ask the runtime to stop; iteration ends with finish_reason "abort".
+
+        >>> s.abort()  # doctest: +SKIP
+        """
         self._portal.call(self._stream.abort)
 
     def pause(self) -> None:
-        """Pause after the next token, keeping the KV cache."""
+        """Pause after the next token, keeping the KV cache.
+
+        >>> s.pause()  # doctest: +SKIP
+        """
         self._portal.call(self._stream.pause)
 
     def result(self, batch: int = 0) -> Generation:
-        """The finished run's :class:`Generation`."""
+        """The finished run's :class:`Generation`.
+
+        >>> s.result().finish_reason  # doctest: +SKIP
+        """
         return self._stream.result(batch)
 
     def results(self) -> list[Generation]:
-        """Every batch's :class:`Generation`."""
+        """Every batch's :class:`Generation`.
+
+        >>> [g.text for g in s.results()]  # doctest: +SKIP
+        """
         return self._stream.results()
 
     def final(self) -> Generation:
-        """Consume the rest and return the :class:`Generation`."""
+        """Consume the rest and return the :class:`Generation`.
+
+        >>> s.final().text  # doctest: +SKIP
+        """
         for _ in self:
             pass
         return self.result()
@@ -105,7 +123,10 @@ class SyncChatSession:
 
     @property
     def turns(self) -> list[ChatReply]:
-        """The replies so far."""
+        """The replies so far.
+
+        >>> chat.turns[-1].text  # doctest: +SKIP
+        """
         return self.session.turns
 
     def send(self, text: str, **options: Any) -> ChatReply:
@@ -119,14 +140,20 @@ class SyncChatSession:
     def send_tool_results(
         self, results: Mapping[str, Any] | Sequence[Any], **options: Any
     ) -> ChatReply:
-        """Send tool results back and return the reply (see ChatSession.send_tool_results)."""
+        """Send tool results back and return the reply (see ChatSession.send_tool_results).
+
+        >>> chat.send_tool_results([21.5]).text  # doctest: +SKIP
+        """
         reply: ChatReply = self._portal.call(
             functools.partial(self.session.send_tool_results, results, **options)
         )
         return reply
 
     def reset(self) -> None:
-        """Forget the conversation."""
+        """Forget the conversation.
+
+        >>> chat.reset()  # doctest: +SKIP
+        """
         self._portal.call(self.session.reset)
 
 
@@ -156,7 +183,10 @@ class LLM:
         embedder: Callable[[Any], Any] | None = None,
         backend: str = "asyncio",
     ) -> LLM:
-        """Load a model (see :meth:`AsyncLLM.load`); ``backend`` runs the portal's loop."""
+        """Load a model (see :meth:`AsyncLLM.load`); ``backend`` runs the portal's loop.
+
+        >>> llm = LLM.load("model.rkllm")  # doctest: +SKIP
+        """
         cm = start_blocking_portal(backend)
         portal = cm.__enter__()
         try:
@@ -188,7 +218,10 @@ class LLM:
         self.close()
 
     def close(self) -> None:
-        """Abort, wait and destroy the handle, then stop the background loop. Idempotent."""
+        """Abort, wait and destroy the handle, then stop the background loop. Idempotent.
+
+        >>> llm.close()  # doctest: +SKIP
+        """
         if self._portal_cm is None:
             return
         try:
@@ -204,38 +237,62 @@ class LLM:
 
     @property
     def runtime(self) -> Runtime:
-        """The runtime library this handle runs on (path, version, ABI)."""
+        """The runtime library this handle runs on (path, version, ABI).
+
+        >>> llm.runtime.abi  # doctest: +SKIP
+        """
         return self._llm.runtime
 
     @property
     def params(self) -> ModelParams:
-        """The init parameters in force."""
+        """The init parameters in force.
+
+        >>> llm.params.top_p  # doctest: +SKIP
+        """
         return self._llm.params
 
     @property
     def n_batch(self) -> int:
-        """Inputs per run."""
+        """Inputs per run.
+
+        >>> llm.n_batch  # doctest: +SKIP
+        """
         return self._llm.n_batch
 
     @property
     def closed(self) -> bool:
-        """True once close() has begun."""
+        """True once close() has begun.
+
+        >>> llm.closed  # doctest: +SKIP
+        """
         return self._llm.closed
 
     def is_running(self) -> bool:
-        """Whether the runtime reports a task in progress."""
+        """Whether the runtime reports a task in progress.
+
+        >>> llm.is_running()  # doctest: +SKIP
+        """
         return self._llm.is_running()
 
     def metrics(self) -> MetricsSnapshot:
-        """This handle's counters and timings (see AsyncLLM.metrics)."""
+        """This handle's counters and timings (see AsyncLLM.metrics).
+
+        >>> llm.metrics().calls_ok  # doctest: +SKIP
+        """
         return self._llm.metrics()
 
     def timings(self) -> Generation | None:
-        """The last finished run (see AsyncLLM.timings)."""
+        """The last finished run (see AsyncLLM.timings).
+
+        >>> llm.timings().tokens_per_s  # doctest: +SKIP
+        """
         return self._llm.timings()
 
     def stream(self, prompt: PromptLike, **options: Any) -> SyncTokenStream:
-        """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream)."""
+        """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream).
+
+        >>> print("".join(c.text for c in llm.stream("Hi")))  # doctest: +SKIP
+        """
         stream: TokenStream = self._call(self._llm.stream, prompt, **options)
         return SyncTokenStream(self._portal, stream)
 
@@ -255,19 +312,28 @@ class LLM:
         return SyncChatSession(self._portal, session)
 
     def generate(self, prompt: PromptLike, **options: Any) -> Generation:
-        """Run to the end (options as AsyncLLM.stream)."""
+        """Run to the end (options as AsyncLLM.stream).
+
+        >>> llm.generate("Hi").text  # doctest: +SKIP
+        """
         result: Generation = self._call(self._llm.generate, prompt, **options)
         return result
 
     def generate_batch(self, prompts: Sequence[Input], **options: Any) -> list[Generation]:
-        """One batched run; one Generation per input (see AsyncLLM.generate_batch)."""
+        """One batched run; one Generation per input (see AsyncLLM.generate_batch).
+
+        >>> llm.generate_batch([rk.Prompt(text="a"), rk.Prompt(text="b")])  # doctest: +SKIP
+        """
         result: list[Generation] = self._call(self._llm.generate_batch, prompts, **options)
         return result
 
     def logits(
         self, prompt: PromptLike, *, all_tokens: bool = False, keep_history: bool = False
     ) -> FloatArray:
-        """Logits of the last token, or of every token (see AsyncLLM.logits)."""
+        """Logits of the last token, or of every token (see AsyncLLM.logits).
+
+        >>> llm.logits("The capital of France is").argmax()  # doctest: +SKIP
+        """
         result: FloatArray = self._call(
             self._llm.logits, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
@@ -276,41 +342,65 @@ class LLM:
     def hidden_states(
         self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
     ) -> FloatArray:
-        """Last-layer hidden states (see AsyncLLM.hidden_states)."""
+        """Last-layer hidden states (see AsyncLLM.hidden_states).
+
+        >>> llm.hidden_states("Hello").shape  # doctest: +SKIP
+        """
         result: FloatArray = self._call(
             self._llm.hidden_states, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
         return result
 
     def abort(self) -> None:
-        """Abort the run in progress, if any."""
+        """Abort the run in progress, if any.
+
+        >>> llm.abort()  # doctest: +SKIP
+        """
         self._call(self._llm.abort)
 
     def clear_kv_cache(
         self, *, keep_system_prompt: bool = False, ranges: Sequence[tuple[int, int]] | None = None
     ) -> None:
-        """Clear the KV cache (see AsyncLLM.clear_kv_cache)."""
+        """Clear the KV cache (see AsyncLLM.clear_kv_cache).
+
+        >>> llm.clear_kv_cache()  # doctest: +SKIP
+        """
         self._call(self._llm.clear_kv_cache, keep_system_prompt=keep_system_prompt, ranges=ranges)
 
     def kv_cache_size(self) -> list[int]:
-        """Tokens in the KV cache, one count per batch."""
+        """Tokens in the KV cache, one count per batch.
+
+        >>> llm.kv_cache_size()  # doctest: +SKIP
+        """
         result: list[int] = self._call(self._llm.kv_cache_size)
         return result
 
     def load_lora(self, adapter: LoraAdapter) -> None:
-        """Load (or replace) a LoRA adapter."""
+        """Load (or replace) a LoRA adapter.
+
+        >>> llm.load_lora(rk.LoraAdapter(path="style.rkllm", name="style"))  # doctest: +SKIP
+        """
         self._call(self._llm.load_lora, adapter)
 
     def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
-        """Load a prompt cache saved by an earlier run."""
+        """Load a prompt cache saved by an earlier run.
+
+        >>> llm.load_prompt_cache("prefix.cache")  # doctest: +SKIP
+        """
         self._call(self._llm.load_prompt_cache, path)
 
     def release_prompt_cache(self) -> None:
-        """Drop the loaded prompt cache."""
+        """Drop the loaded prompt cache.
+
+        >>> llm.release_prompt_cache()  # doctest: +SKIP
+        """
         self._call(self._llm.release_prompt_cache)
 
     def set_chat_template(self, system_prompt: str, prefix: str, postfix: str) -> None:
-        """Replace the model's chat template."""
+        """Replace the model's chat template.
+
+        >>> llm.set_chat_template("", "<|user|>", "<|assistant|>")  # doctest: +SKIP
+        """
         self._call(self._llm.set_chat_template, system_prompt, prefix, postfix)
 
     def set_function_tools(
@@ -319,11 +409,17 @@ class LLM:
         tools: str | Sequence[Mapping[str, Any]],
         tool_response_str: str = "tool_response",
     ) -> None:
-        """Give the model OpenAI-format tools."""
+        """Give the model OpenAI-format tools.
+
+        >>> llm.set_function_tools("", [rk.tool_schema(set_light)])  # doctest: +SKIP
+        """
         self._call(self._llm.set_function_tools, system_prompt, tools, tool_response_str)
 
     def set_cross_attention(self, cross: CrossAttention | None) -> None:
-        """Set (or clear with None) the cross-attention arrays."""
+        """Set (or clear with None) the cross-attention arrays.
+
+        >>> llm.set_cross_attention(None)  # doctest: +SKIP
+        """
         self._call(self._llm.set_cross_attention, cross)
 
     def __repr__(self) -> str:

@@ -13,10 +13,6 @@ from ._doctor import Problem as Problem
 from ._doctor import doctor as doctor
 from .chat import ChatReply as ChatReply
 from .chat import ChatSession as ChatSession
-from .chat import ToolCall as ToolCall
-from .chat import parse_tool_calls as parse_tool_calls
-from .chat import split_thinking as split_thinking
-from .chat import tool_schema as tool_schema
 from .errors import AbortedError as AbortedError
 from .errors import ArrayTypeError as ArrayTypeError
 from .errors import BusyError as BusyError
@@ -60,6 +56,10 @@ from .stream import TokenStream as TokenStream
 from .sync import LLM as LLM
 from .sync import SyncChatSession as SyncChatSession
 from .sync import SyncTokenStream as SyncTokenStream
+from .tools import ToolCall as ToolCall
+from .tools import parse_tool_calls as parse_tool_calls
+from .tools import split_thinking as split_thinking
+from .tools import tool_schema as tool_schema
 
 
 def __getattr__(name: str) -> str:

@@ -35,7 +35,7 @@ from . import _native as native
 from . import metrics
 from ._ffi.loader import Runtime, load_runtime
 from .arrays import FloatArray, IntArray
-from .chat import ChatSession, ToolLike
+from .chat import ChatSession
 from .errors import BusyError, ClosedError, InvalidParamsError, RKLLMError
 from .models import (
     CrossAttention,
@@ -49,6 +49,7 @@ from .models import (
     Sampling,
 )
 from .stream import MAX_PENDING, Generation, TokenStream
+from .tools import ToolLike
 
 __all__ = ["AsyncLLM", "HandleInfo", "open_handles"]
 

@@ -25,11 +25,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._ffi.loader import Runtime
 from .arrays import FloatArray
-from .chat import ChatReply, ChatSession, ToolLike
+from .chat import ChatReply, ChatSession
 from .llm import AsyncLLM, PromptLike
 from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
 from .stream import Chunk, Generation, TokenStream
+from .tools import ToolLike
 
 __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
 

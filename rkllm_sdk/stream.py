@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import threading
 import time
 import warnings
@@ -40,6 +41,7 @@ from . import _native as native
 from .arrays import FloatArray
 from .errors import GenerationError, InvalidParamsError, RKLLMError
 from .models import CallState, InferOptions, Input, PerfStats
+from .tools import ToolCall, parse_tool_calls
 
 if TYPE_CHECKING:
     from .llm import AsyncLLM
@@ -76,6 +78,9 @@ class Chunk(NamedTuple):
             "error".
         perf: on each batch's last chunk: the runtime's measurements.
         thinking: the text is part of the model's ``<think>...</think>`` block (tags included).
+        in_tool_call: the text is part of a ``<tool_call>...</tool_call>`` block.
+        tool_calls: on the chunk that closes a tool-call block, the calls parsed from it
+            (JSON repaired; checked against schemas by :class:`ChatSession`).
     """
 
     seq: int
@@ -85,6 +90,8 @@ class Chunk(NamedTuple):
     finish_reason: str | None = None
     perf: PerfStats | None = None
     thinking: bool = False
+    in_tool_call: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def to_openai(
         self, *, model: str = "rkllm", completion_id: str = "chatcmpl-rkllm", created: int = 0
@@ -95,8 +102,21 @@ class Chunk(NamedTuple):
         delta: dict[str, Any] = {}
         if self.seq == 0:
             delta["role"] = "assistant"
-        if text:
+        if text and not self.in_tool_call:
             delta["reasoning_content" if self.thinking else "content"] = text
+        if self.tool_calls:
+            delta["tool_calls"] = [
+                {
+                    "index": i,
+                    "id": c.id,
+                    "type": "function",
+                    "function": {
+                        "name": c.name,
+                        "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                    },
+                }
+                for i, c in enumerate(self.tool_calls)
+            ]
         reason = _OPENAI_REASONS.get(self.finish_reason) if self.finish_reason else None
         return {
             "id": completion_id,
@@ -114,8 +134,12 @@ class Chunk(NamedTuple):
             text = _strip_think_tags(self.text)
             if text:
                 delta["thinking_content"] = text
-        elif self.text:
+        elif self.text and not self.in_tool_call:
             delta["content"] = self.text
+        if self.tool_calls:
+            delta["tool_calls"] = [
+                {"id": c.id, "tool_name": c.name, "tool_args": c.arguments} for c in self.tool_calls
+            ]
         return delta
 
 
@@ -132,6 +156,7 @@ class Generation:
         duration_ms: time from the start of the run to its end, measured by the SDK.
         chunks: how many text chunks were streamed.
         batch: index of the input in a batched run.
+        tool_calls: the tool calls in the text, parsed (unchecked against schemas).
     """
 
     text: str
@@ -142,6 +167,7 @@ class Generation:
     duration_ms: float
     chunks: int
     batch: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def tokens_per_s(self) -> float:
@@ -173,9 +199,11 @@ class Generation:
         return f"<table>{body}</table>"
 
 
+_NO_CALLS: tuple[ToolCall, ...] = ()
 _OPENAI_REASONS = {
     "stop": "stop",
     "length": "length",
+    "tool_calls": "tool_calls",
     "abort": "stop",
     "pause": "stop",
     "error": None,
@@ -200,11 +228,15 @@ class _Batch:
         "stopped",
         "text",
         "thinking",
+        "tool_calls",
+        "tool_text",
     )
 
     def __init__(self) -> None:
         self.partial = b""  # bytes of a character that is not complete yet
         self.thinking = False  # inside <think>...</think>
+        self.tool_text: list[str] | None = None  # the open <tool_call> block's text so far
+        self.tool_calls: list[ToolCall] = []
         self.text: list[str] = []
         self.ids: list[int] = []
         self.pending: list[int] = []  # ids not yet attached to a chunk
@@ -511,18 +543,47 @@ class TokenStream:
                 thinking = b.thinking = True
             if "</think>" in piece:
                 thinking, b.thinking = True, False
+            in_tool, calls = False, _NO_CALLS
+            if b.tool_text is not None or "<tool_call>" in piece:
+                in_tool, calls = True, self._tool_text(b, piece)
             if stop:
                 self._emit_text(b, batch, piece)
                 continue
             b.text.append(piece)
             b.chunks += 1
             chunks.append(
-                new_chunk(Chunk, (self._seq, piece, tuple(b.pending), batch, None, None, thinking))
+                new_chunk(
+                    Chunk,
+                    (
+                        self._seq,
+                        piece,
+                        tuple(b.pending),
+                        batch,
+                        None,
+                        None,
+                        thinking,
+                        in_tool,
+                        calls,
+                    ),
+                )
             )
             self._seq += 1
             b.pending.clear()
             if stamps is not None:
                 stamps.append(stamp)
+
+    def _tool_text(self, b: _Batch, piece: str) -> tuple[ToolCall, ...]:
+        """Follow a <tool_call> block; when it closes, the calls parsed from it."""
+        if b.tool_text is None:
+            b.tool_text = []
+        b.tool_text.append(piece)
+        if "</tool_call>" not in piece:
+            return ()
+        block = "".join(b.tool_text)
+        b.tool_text = None
+        _, calls = parse_tool_calls(block, first_index=len(b.tool_calls))
+        b.tool_calls.extend(calls)
+        return tuple(calls)
 
     def _emit_text(self, b: _Batch, batch: int, piece: str) -> None:
         # With stop strings: hold back the text that could be the start of one.
@@ -568,6 +629,8 @@ class TokenStream:
                 reason = self._abort_reason
             elif self._limit is not None and b.generated >= self._limit:
                 reason = "length"
+            elif b.tool_calls:
+                reason = "tool_calls"
             else:
                 reason = "stop"
             perf = drained.perf[index] if index < len(drained.perf) else None
@@ -585,6 +648,7 @@ class TokenStream:
                     duration_ms=(time.perf_counter() - self._t0) * 1e3,
                     chunks=b.chunks,
                     batch=index,
+                    tool_calls=tuple(b.tool_calls),
                 )
             )
         self._result = results

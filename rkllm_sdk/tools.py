@@ -148,13 +148,14 @@ def _functions(tools: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any
 
 
 def parse_tool_calls(
-    text: str, tools: Sequence[Mapping[str, Any]] | None = None
+    text: str, tools: Sequence[Mapping[str, Any]] | None = None, *, first_index: int = 0
 ) -> tuple[str, list[ToolCall]]:
     """Find ``<tool_call>`` blocks: ``(text without them, the calls)``.
 
     JSON is repaired where it can be (code fences, trailing commas, Python literals, single
     quotes, unclosed brackets, arguments given as a JSON string). With ``tools`` (OpenAI
     format), each call is checked against its schema; problems go to ``ToolCall.error``.
+    Ids are ``call_<n>_<hash of the block>``, ``n`` counting from ``first_index``.
 
     >>> text = '<tool_call>{"name": "f", "arguments": {"x": 1,}}</tool_call>'
     >>> parse_tool_calls(text)[1][0].arguments
@@ -162,7 +163,7 @@ def parse_tool_calls(
     """
     known = _functions(tools) if tools is not None else None
     calls: list[ToolCall] = []
-    for index, match in enumerate(_TOOL_BLOCK.finditer(text)):
+    for index, match in enumerate(_TOOL_BLOCK.finditer(text), start=first_index):
         raw = match.group(1)
         call_id = f"call_{index}_{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
         try:

@@ -207,3 +207,34 @@ async def test_chunks_convert_to_openai_and_home_assistant(load: LoadLLM) -> Non
     assert chunks[0].to_ha_delta() == {"role": "assistant"}
     assert "thinking_content" in some.to_ha_delta()
     assert answer[0].to_ha_delta() == {"content": answer[0].text}
+
+
+@pytest.mark.anyio
+async def test_streams_parse_tool_calls_as_they_close(load: LoadLLM) -> None:
+    """The chunk closing a <tool_call> block carries the call; the run ends with "tool_calls"."""
+    llm = await load()
+    await llm.set_function_tools("Home.", TOOLS)
+    async with llm.stream("set_light now") as s:
+        chunks = [c async for c in s]
+    with_calls = [c for c in chunks if c.tool_calls]
+    assert len(with_calls) == 1
+    (call,) = with_calls[0].tool_calls
+    assert (call.name, call.arguments) == ("set_light", {"entity_id": "fake-entity_id"})
+    assert with_calls[0].text.endswith("</tool_call>")
+    assert all(c.in_tool_call for c in chunks if c.text)
+    gen = s.result()
+    assert gen.finish_reason == "tool_calls"
+    assert gen.tool_calls == (call,)
+    reply = llm.chat(tools=TOOLS).reply_from(gen)
+    assert reply.tool_calls[0].id == call.id  # the same id at stream and reply level
+    ha = with_calls[0].to_ha_delta()
+    assert ha["tool_calls"] == [
+        {"id": call.id, "tool_name": "set_light", "tool_args": {"entity_id": "fake-entity_id"}}
+    ]
+    assert "content" not in ha
+    oa = with_calls[0].to_openai()["choices"][0]
+    assert oa["delta"]["tool_calls"][0]["function"] == {
+        "name": "set_light",
+        "arguments": '{"entity_id": "fake-entity_id"}',
+    }
+    assert chunks[-1].to_openai()["choices"][0]["finish_reason"] == "tool_calls"

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -205,12 +206,25 @@ static void reserve(page_buf* p, size_t events, size_t text) {
     }
 }
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* Large copies go to 2 MB-aligned memory marked for transparent huge pages: a fresh 39 MB
+ * buffer then takes ~20 page faults instead of ~10,000 (numpy does the same for its arrays). */
+static float* alloc_floats(size_t n) {
+    size_t bytes = n * sizeof(float);
+    if (bytes < 2 * HUGE_PAGE) return xmalloc(bytes);
+    void* p = NULL;
+    if (posix_memalign(&p, HUGE_PAGE, bytes) != 0) abort();
+    madvise(p, (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), MADV_HUGEPAGE);
+    return p;
+}
+
 static float* copy_rows(const float* src, int rows, int cols, int which, int* out_rows) {
     if (!src || rows <= 0 || cols <= 0) return NULL;
     int first = which == 1 ? rows - 1 : 0;
     *out_rows = rows - first;
     size_t n = (size_t)*out_rows * (size_t)cols;
-    float* dst = xmalloc(n * sizeof(float));
+    float* dst = alloc_floats(n);
     memcpy(dst, src + (size_t)first * (size_t)cols, n * sizeof(float));
     atomic_fetch_add(&g_live, 1);
     return dst;

@@ -162,3 +162,10 @@ async def test_the_bridge_channel_is_reused_across_runs(load: LoadLLM) -> None:
         gen = await llm.generate("x", stop=["reply"])
         assert gen.text == first.text == "same "
     assert _native.bridge_live_objects(llm.runtime) == base + 1
+
+
+async def test_large_logits_arrive_exactly(load: LoadLLM) -> None:
+    """A large copy (huge-page path of the bridge, 16 x 151,936 floats) arrives intact."""
+    llm = await load(vocab_size=151936)
+    rows = await llm.logits(rk.TokenInput(ids=np.arange(16, dtype=np.int32)), all_tokens=True)
+    np.testing.assert_array_equal(rows, logits_formula(0, 16, 151936))

@@ -225,6 +225,7 @@ class _Batch:
         "ids",
         "partial",
         "pending",
+        "pending_calls",
         "stopped",
         "text",
         "thinking",
@@ -237,6 +238,7 @@ class _Batch:
         self.thinking = False  # inside <think>...</think>
         self.tool_text: list[str] | None = None  # the open <tool_call> block's text so far
         self.tool_calls: list[ToolCall] = []
+        self.pending_calls: list[ToolCall] = []  # parsed, not yet attached to a chunk
         self.text: list[str] = []
         self.ids: list[int] = []
         self.pending: list[int] = []  # ids not yet attached to a chunk
@@ -547,7 +549,8 @@ class TokenStream:
             if b.tool_text is not None or "<tool_call>" in piece:
                 in_tool, calls = True, self._tool_text(b, piece)
             if stop:
-                self._emit_text(b, batch, piece)
+                b.pending_calls.extend(calls)
+                self._emit_text(b, batch, piece, thinking, in_tool)
                 continue
             b.text.append(piece)
             b.chunks += 1
@@ -585,28 +588,33 @@ class TokenStream:
         b.tool_calls.extend(calls)
         return tuple(calls)
 
-    def _emit_text(self, b: _Batch, batch: int, piece: str) -> None:
+    def _emit_text(self, b: _Batch, batch: int, piece: str, thinking: bool, in_tool: bool) -> None:
         # With stop strings: hold back the text that could be the start of one.
         held = b.held + piece
         cut = min((i for i in (held.find(s) for s in self._stop) if i >= 0), default=-1)
         if cut >= 0:
             b.held = ""
             if cut:
-                self._push(b, batch, held[:cut])
+                self._push(b, batch, held[:cut], thinking, in_tool)
             b.stopped = True
             self._abort_reason = "stop"
             self._abort_run()
             return
         keep = len(held) - self._hold
         if keep > 0:
-            self._push(b, batch, held[:keep])
+            self._push(b, batch, held[:keep], thinking, in_tool)
             held = held[keep:]
         b.held = held
 
-    def _push(self, b: _Batch, batch: int, text: str) -> None:
+    def _push(self, b: _Batch, batch: int, text: str, thinking: bool, in_tool: bool) -> None:
+        # The slow path (stop strings, end of run): tool calls parsed meanwhile ride along.
         b.text.append(text)
         b.chunks += 1
-        self._chunks.append(Chunk(self._seq, text, tuple(b.pending), batch, thinking=b.thinking))
+        calls = tuple(b.pending_calls)
+        b.pending_calls.clear()
+        self._chunks.append(
+            Chunk(self._seq, text, tuple(b.pending), batch, None, None, thinking, in_tool, calls)
+        )
         self._seq += 1
         b.pending.clear()
 
@@ -622,7 +630,7 @@ class TokenStream:
             b.partial = b""
             if not b.stopped and (tail or b.held):
                 b.held, rest = "", b.held + tail
-                self._push(b, index, rest)
+                self._push(b, index, rest, b.thinking, b.tool_text is not None)
             if failed:
                 reason = "error"
             elif self._abort_reason is not None:
@@ -635,7 +643,11 @@ class TokenStream:
                 reason = "stop"
             perf = drained.perf[index] if index < len(drained.perf) else None
             if not failed:  # a failed run raises after its chunks instead of a final chunk
-                self._chunks.append(Chunk(self._seq, "", tuple(b.pending), index, reason, perf))
+                calls = tuple(b.pending_calls)
+                b.pending_calls.clear()
+                self._chunks.append(
+                    Chunk(self._seq, "", tuple(b.pending), index, reason, perf, tool_calls=calls)
+                )
                 self._seq += 1
                 b.pending.clear()
             results.append(

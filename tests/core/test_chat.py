@@ -238,3 +238,18 @@ async def test_streams_parse_tool_calls_as_they_close(load: LoadLLM) -> None:
         "arguments": '{"entity_id": "fake-entity_id"}',
     }
     assert chunks[-1].to_openai()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.anyio
+async def test_stop_strings_keep_tool_calls_and_thinking_marks(load: LoadLLM) -> None:
+    """With stop strings (the held-back path), chunks still carry tool calls and flags."""
+    llm = await load(thinking=True)
+    await llm.set_function_tools("Home.", TOOLS)
+    async with llm.stream("set_light now", thinking=True, stop=["never-said"]) as s:
+        chunks = [c async for c in s]
+    calls = [call for c in chunks for call in c.tool_calls]
+    assert [c.name for c in calls] == ["set_light"]
+    assert calls == list(s.result().tool_calls)
+    assert chunks[0].thinking
+    assert any(c.in_tool_call for c in chunks)
+    assert s.result().finish_reason == "tool_calls"

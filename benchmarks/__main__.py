@@ -176,8 +176,8 @@ class PyCallbackBaseline:
         self.on_token = post
         run = loop.run_in_executor(None, self.run)
         chunks = 0
-        while (item := await queue.get()) is not None:
-            chunks += len(item) >= 0
+        while await queue.get() is not None:
+            chunks += 1
         await run
         return chunks
 

@@ -430,7 +430,7 @@ class AsyncLLM:
             )
             inputs = _coerce(prompt, role, thinking)
         except RKLLMError as exc:  # a refused call counts as a failed one
-            self._metrics.finished(seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__)
+            self._metrics.refused(exc)
             raise
         return TokenStream(self, inputs, options, stop=stop, wait=wait, limit=limit)
 

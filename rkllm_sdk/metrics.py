@@ -142,6 +142,10 @@ class Recorder:
                 self.generate_seconds += perf.generate_time_ms / 1e3
                 self.memory_mb = perf.memory_usage_mb
 
+    def refused(self, error: BaseException) -> None:
+        """Record a call refused before any run started (it counts as failed)."""
+        self.finished(seconds=0.0, ttft_ms=None, perf=None, error=type(error).__name__)
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             failed = sum(self.failures.values())

@@ -305,9 +305,7 @@ class TokenStream:
         try:
             await self._llm._acquire(self._wait, self)
         except RKLLMError as exc:
-            self._llm._metrics.finished(
-                seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__
-            )
+            self._llm._metrics.refused(exc)
             raise
         try:
             handle = self._llm._native_handle()
@@ -329,9 +327,7 @@ class TokenStream:
             self._release_channel()
             self._llm._release()
             if isinstance(exc, RKLLMError):
-                self._llm._metrics.finished(
-                    seconds=0.0, ttft_ms=None, perf=None, error=type(exc).__name__
-                )
+                self._llm._metrics.refused(exc)
             raise
         return self
 

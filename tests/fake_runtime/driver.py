@@ -19,6 +19,9 @@ import numpy as np
 
 from rkllm_sdk._fake import library_path
 from rkllm_sdk._ffi import cdef_source
+from rkllm_sdk.testing import checksum
+
+fnv1a = checksum  # the fake's checksum (64-bit FNV-1a over raw bytes)
 
 NORMAL, WAITING, FINISH, ERROR = 0, 1, 2, 3
 GENERATE, HIDDEN, LOGITS = 0, 1, 2
@@ -33,15 +36,6 @@ def load(abi: str) -> tuple[cffi.FFI, Any]:
         ffi.cdef(cdef_source(abi, fake=True))
         _cache[abi] = (ffi, ffi.dlopen(str(library_path(abi))))
     return _cache[abi]
-
-
-def fnv1a(*arrays: Any) -> str:
-    """The fake's checksum (64-bit FNV-1a over the raw bytes, continued across arrays)."""
-    h = 0xCBF29CE484222325
-    for a in arrays:
-        for byte in np.ascontiguousarray(a).tobytes():
-            h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
 
 
 def logits_formula(first_pos: int, n_tokens: int, vocab: int) -> np.ndarray:

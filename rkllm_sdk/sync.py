@@ -36,16 +36,23 @@ __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
 
 
 class SyncTokenStream:
-    """A :class:`TokenStream` used with ``with`` and ``for``; same results and semantics."""
+    """A :class:`TokenStream` used with ``for`` (and ``with``); same results and semantics.
+
+    ``for chunk in llm.stream(...)`` starts the run and closes it when the loop ends, also
+    by ``break`` or an exception (the run is aborted); ``with llm.stream(...) as s`` does
+    the same and keeps ``s`` for ``result()`` afterwards.
+    """
 
     def __init__(self, portal: BlockingPortal, stream: TokenStream) -> None:
         self._portal = portal
         self._stream = stream
         self._ready: list[Chunk] = []
         self._pos = 0
+        self._entered = False
 
     def __enter__(self) -> SyncTokenStream:
         self._portal.call(self._stream.__aenter__)
+        self._entered = True
         return self
 
     def __exit__(
@@ -57,7 +64,17 @@ class SyncTokenStream:
         self.close()
 
     def __iter__(self) -> Iterator[Chunk]:
-        return self
+        return self if self._entered else self._iter_closing()
+
+    def _iter_closing(self) -> Iterator[Chunk]:
+        # Closing the generator (a finished or abandoned loop) leaves the `with`: the run
+        # is aborted if it is still going.
+        with self:
+            while True:
+                try:
+                    yield next(self)
+                except StopIteration:
+                    return
 
     def __next__(self) -> Chunk:
         if self._pos == len(self._ready):

@@ -9,6 +9,7 @@ built from, usable from any test framework:
 - :func:`last_input` reads back what the runtime received in a handle's last run (prompts
   as templated, roles, sampling, arrays by checksum) as a :class:`RunInput`.
 - :func:`checksum` computes the fake's checksum of arrays you sent, for comparison.
+- :func:`demo_model_path` is the bundled demo model (what ``rkllm run`` uses without a board).
 
 >>> from rkllm_sdk.testing import FakeModel, tool_call_reply
 >>> model = FakeModel(replies={"kitchen": tool_call_reply("set_light", {"on": True})})
@@ -30,6 +31,7 @@ import attrs
 import numpy as np
 
 from .. import _native as native
+from .._fake import demo_model_path
 
 if TYPE_CHECKING:
     from ..llm import AsyncLLM
@@ -43,6 +45,7 @@ __all__ = [
     "RunInput",
     "assert_array_received",
     "checksum",
+    "demo_model_path",
     "last_input",
     "tool_call_reply",
 ]

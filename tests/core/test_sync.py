@@ -34,6 +34,24 @@ def test_generate_and_stream(llm: rk.LLM) -> None:
     assert chunks[-1].perf is not None
 
 
+def test_for_without_with(abi: str, model: ModelFactory, no_leaks: None) -> None:
+    """`for chunk in llm.stream(...)` starts the run and closes it, also on break."""
+    with rk.LLM.load(
+        model(natural_end=False, decode_ms=1, script=[{"match": "x", "reply": REPLY}]),
+        runtime="fake",
+        abi=abi,
+    ) as llm:
+        s = llm.stream("x", max_new_tokens=5) if abi == "1.3" else None
+        if s is not None:
+            assert "".join(c.text for c in s) == "Sync reply 同期"
+            assert s.result().finish_reason == "length" and len(s.result().token_ids) == 5
+        for chunk in llm.stream("y"):
+            if chunk.seq == 3:
+                break
+        assert not llm.is_running()  # the abandoned loop aborted the run
+        assert llm.generate("x", stop=["同"]).text == "Sync reply "
+
+
 def test_break_aborts_and_the_handle_goes_on(abi: str, model: ModelFactory, no_leaks: None) -> None:
     """Leaving the loop early aborts the run; the next call works."""
     with rk.LLM.load(model(natural_end=False, decode_ms=1), runtime="fake", abi=abi) as llm:

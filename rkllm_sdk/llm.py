@@ -158,7 +158,10 @@ class AsyncLLM:
                 thread with the GIL; their exceptions fail the run and become its cause.
 
         Raises:
-            RuntimeNotFoundError, RuntimeVersionError, ModelLoadError, InvalidParamsError.
+            RuntimeNotFoundError: no runtime library found.
+            RuntimeVersionError: the runtime's version or ABI is not supported.
+            ModelLoadError: ``rkllm_init`` failed (a bad model file, a fault).
+            InvalidParamsError: parameters the runtime or this ABI cannot take.
 
         >>> llm = await AsyncLLM.load("model.json", runtime="fake")  # doctest: +SKIP
         """

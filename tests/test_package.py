@@ -14,6 +14,8 @@ import pytest
 import rkllm_sdk
 from rkllm_sdk import _fake
 from rkllm_sdk._ffi import ABIS, cdef_source
+from rkllm_sdk._ffi.loader import locate_runtime
+from rkllm_sdk.errors import RuntimeNotFoundError
 
 from .fake_runtime.driver import reference_pieces
 
@@ -83,11 +85,18 @@ def test_fake_library_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("abi", ABIS)
-def test_readme_demo_streams_the_scripted_reply(abi: str) -> None:
-    """examples/stream_fake.py (the README's main job) streams the demo model's reply."""
-    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+def test_readme_main_job_streams_the_demo_reply(abi: str) -> None:
+    """`rkllm run "Hello"` (the README's main job) streams the demo model's reply from the fake."""
+    try:
+        locate_runtime(None)
+    except RuntimeNotFoundError:
+        pass
+    else:
+        pytest.skip("a runtime is installed here: the command would use it")
+    env = {k: v for k, v in os.environ.items() if k != "RKLLM_RUNTIME"}
+    env.update(RKLLM_FAKE_QUIET="1", RKLLM_ABI=abi)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples/stream_fake.py"), "Hello", "--abi", abi],
+        [str(Path(sys.executable).parent / "rkllm"), "run", "Hello"],
         capture_output=True,
         text=True,
         env=env,
@@ -97,7 +106,8 @@ def test_readme_demo_streams_the_scripted_reply(abi: str) -> None:
     assert proc.stdout.startswith("Hello! I am the rkllm-sdk fake runtime")
     assert "你好 🙂" in proc.stdout
     reply = proc.stdout.rstrip("\n")
-    assert f"decode {len(reference_pieces(reply))} tokens" in proc.stderr
+    assert f"{len(reference_pieces(reply))} tokens" in proc.stderr
+    assert "bundled fake runtime" in proc.stderr and f"(ABI {abi})" in proc.stderr
 
 
 def test_readme_python_example_runs() -> None:

@@ -58,25 +58,16 @@ from rkllm_sdk import (
 from rkllm_sdk._fake import library_path
 from rkllm_sdk._ffi import ABIS, cdef_source
 from rkllm_sdk._ffi.loader import load_runtime
+from rkllm_sdk.testing import FakeModel
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151936
 
 
 def model_file(directory: Path, **fields: Any) -> Path:
-    body = {
-        "format": "rkllm-fake/1",
-        "name": "bench",
-        "vocab_size": VOCAB,
-        "hidden_size": 64,
-        "decode_ms": 0,
-        "prefill_ms": 0,
-        "natural_end": False,
-    }
-    body.update(fields)
-    path = directory / f"bench-{abs(hash(json.dumps(body, sort_keys=True)))}.json"
-    path.write_text(json.dumps(body))
-    return path
+    base: dict[str, Any] = {"name": "bench", "vocab_size": VOCAB, "hidden_size": 64}
+    spec = FakeModel(**{**base, "natural_end": False, **fields})
+    return spec.write(directory / f"bench-{abs(hash(repr(spec)))}.json")
 
 
 # ---- baselines ----------------------------------------------------------------------------
@@ -332,7 +323,7 @@ async def measure(  # noqa: PLR0915  # one linear script of measurements
     r["logits_bandwidth_ratio"] = round(statistics.median(got) / statistics.median(copy), 3)
 
     # Memory over many calls.
-    small = model_file(tmp, script=[{"match": "ping", "reply": "pong"}], natural_end=True)
+    small = model_file(tmp, replies={"ping": "pong"}, natural_end=True)
     async with await AsyncLLM.load(small, runtime="fake", abi=abi) as llm:
         for _ in range(200):
             await llm.generate("ping")

@@ -649,8 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     def generation(p: argparse.ArgumentParser) -> None:
-        common(p, model_help="the .rkllm model (default: the fake runtime's demo model)")
-        p.add_argument("--max-new-tokens", type=_positive_int, metavar="N")
+        common(p, model_help="the .rkllm model (on the fake runtime: its demo model by default)")
+        p.add_argument(
+            "--max-new-tokens", type=_positive_int, metavar="N", help="stop after N tokens"
+        )
         p.add_argument("--system", metavar="TEXT", help="system prompt")
         p.add_argument("--thinking", action="store_true", help="let a thinking model think")
 
@@ -661,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(time to first token, prefill and decode rates, memory). Ctrl-C aborts the "
         "generation on the NPU.",
     )
-    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("prompt", metavar="PROMPT", help="the user message")
     generation(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=cmd_run)
@@ -681,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a fixed prompt several times (after one warm-up run) and report "
         "median, min and max of each figure.",
     )
-    common(p, model_help="the .rkllm model (default: the fake runtime's demo model)")
+    common(p, model_help="the .rkllm model (on the fake runtime: its demo model by default)")
     p.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N")
     p.add_argument("--new-tokens", type=_positive_int, default=64, metavar="N")
     p.add_argument("--runs", type=_positive_int, default=5, metavar="N")

@@ -14,6 +14,9 @@ Figures (fake at decode_ms = 0 unless stated; medians of --repeat runs):
 - busy_rate_ratio: decode_ms = 2; decode rate with a CPU-busy Python thread / idle rate
   (runtime's own perf). Reported for the SDK and for the Python-callback baseline.
 - latency_p99_us: decode_ms = 2, idle loop: runtime callback -> chunk in user code.
+  Its floor, latency_floor_p50_us / _p99_us: a thread writing an eventfd every 2 ms and a
+  task woken by the loop (a reader registered once): what the OS and asyncio cost alone.
+- loop_lag_idle_max_ms: the same ticker on an idle loop for as long (the machine's jitter).
 - loop_lag_max_ms / loop_lag_p99_ms: lateness of a 1 ms ticker task while streaming at full
   rate (worst, and 99th percentile over every tick of every run).
 - logits_bandwidth_ratio: logits of every token (vocab 151,936) delivered as numpy, bytes/s,
@@ -208,8 +211,9 @@ async def stream_rate(llm: AsyncLLM) -> tuple[float, Any]:
     return chunks / (time.perf_counter() - t0), s.result()
 
 
-async def loop_lag(llm: AsyncLLM) -> list[float]:
-    """Lateness (ms) of every tick of a 1 ms ticker task while a full-rate stream runs."""
+async def loop_lag(llm: AsyncLLM | None, seconds: float = 0.0) -> list[float]:
+    """Lateness (ms) of every tick of a 1 ms ticker task while a full-rate stream runs
+    (or, without ``llm``, on an idle loop for ``seconds``)."""
     lags: list[float] = []
     done = anyio.Event()
 
@@ -221,9 +225,46 @@ async def loop_lag(llm: AsyncLLM) -> list[float]:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
-        await stream_rate(llm)
+        if llm is not None:
+            await stream_rate(llm)
+        else:
+            await anyio.sleep(seconds)
         done.set()
     return lags
+
+
+async def wakeup_floor(n: int = 300, period_s: float = 0.002) -> list[float]:
+    """Microseconds from a thread's eventfd write to a task woken by the loop (no SDK)."""
+    loop = asyncio.get_running_loop()
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    stamps: list[int] = []
+    waiter: asyncio.Future[None] | None = None
+
+    def ready() -> None:
+        os.eventfd_read(fd)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def writer() -> None:
+        for _ in range(n):
+            time.sleep(period_s)
+            stamps.append(time.monotonic_ns())
+            os.eventfd_write(fd, 1)
+
+    lat: list[float] = []
+    loop.add_reader(fd, ready)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(lat) < n:
+            waiter = loop.create_future()
+            await waiter
+            lat.append((time.monotonic_ns() - stamps[-1]) / 1e3)
+    finally:
+        loop.remove_reader(fd)
+        thread.join()
+        os.close(fd)
+    return lat
 
 
 def rss_mb() -> float:
@@ -261,9 +302,12 @@ async def measure(  # noqa: PLR0915  # one linear script of measurements
         r["stream_chunks_per_s"] = round(
             statistics.median([(await stream_rate(llm))[0] for _ in range(repeat)])
         )
+        t0 = time.perf_counter()
         lags = [lag for _ in range(repeat) for lag in await loop_lag(llm)]
         r["loop_lag_max_ms"] = round(max(lags), 2)
         r["loop_lag_p99_ms"] = round(float(np.percentile(lags, 99)), 2)
+        idle_lags = await loop_lag(None, time.perf_counter() - t0)
+        r["loop_lag_idle_max_ms"] = round(max(idle_lags), 2)
     r["stream_vs_baseline"] = round(
         r["stream_chunks_per_s"] / r["baseline_pycallback_chunks_per_s"], 2
     )
@@ -288,6 +332,9 @@ async def measure(  # noqa: PLR0915  # one linear script of measurements
     r["busy_rate_ratio"] = round(busy / idle, 3)
     r["latency_p50_us"] = round(float(np.percentile(lat, 50)), 1)
     r["latency_p99_us"] = round(float(np.percentile(lat, 99)), 1)
+    floor = await wakeup_floor()
+    r["latency_floor_p50_us"] = round(float(np.percentile(floor, 50)), 1)
+    r["latency_floor_p99_us"] = round(float(np.percentile(floor, 99)), 1)
 
     base = PyCallbackBaseline(abi, paced, 300)
     await base.stream()

@@ -20,6 +20,7 @@ Text is never split inside a UTF-8 character: bytes the runtime delivers with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -61,6 +62,8 @@ CHECKPOINT_EVERY = 256
 #: How long closing a stream waits for the runtime to return after an abort before giving
 #: up on it (the channel is then leaked rather than freed under the runtime's feet).
 ABORT_GRACE_S = 30.0
+#: While closing, rkllm_abort is repeated this often until the run has ended.
+ABORT_RETRY_S = 0.02
 
 
 class Chunk(NamedTuple):
@@ -228,6 +231,7 @@ class _Batch:
         "pending_calls",
         "stopped",
         "text",
+        "text_blocks",
         "thinking",
         "tool_calls",
         "tool_text",
@@ -241,12 +245,86 @@ class _Batch:
         self.pending_calls: list[ToolCall] = []  # parsed, not yet attached to a chunk
         self.text: list[str] = []
         self.ids: list[int] = []
+        # Long runs: the text is folded into blocks as it streams, so that finishing the run
+        # does not join hundreds of thousands of pieces in one go on the event loop.
+        self.text_blocks: list[str] = []
         self.pending: list[int] = []  # ids not yet attached to a chunk
         self.held = ""  # text held back while it could be the start of a stop string
         self.generated = 0
         self.chunks = 0
         self.stopped = False
         self.arrays: list[FloatArray] = []
+
+    def compact(self) -> None:
+        """Fold the text pieces so far into one block (called every few thousand pieces)."""
+        self.text_blocks.append("".join(self.text))
+        self.text.clear()
+
+    async def assemble(self) -> tuple[str, tuple[int, ...]]:
+        """The whole text and ids. After a long run, in steps that let other tasks run."""
+        if not self.text_blocks:
+            return "".join(self.text), tuple(self.ids)
+        # Each step costs milliseconds for a run of 100k+ tokens: yield between them (never
+        # raising cancellation: the run is over, its result is being recorded).
+        self.compact()
+        blocks = self.text_blocks
+        while len(blocks) > 1:
+            merged = []
+            for i in range(0, len(blocks), 8):
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                merged.append("".join(blocks[i : i + 8]))
+            blocks = merged
+        self.text_blocks = blocks
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        ids = tuple(self.ids)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        return self.text_blocks[0], ids
+
+
+#: Text pieces per batch after which they are folded into a block.
+COMPACT_EVERY = 4096
+
+
+class _Wakeups:
+    """Waits for a run's channel fd, re-arming it (``ack``) as it wakes.
+
+    On asyncio the fd stays registered with the loop for the whole run: ``anyio``'s
+    ``wait_readable`` registers and unregisters it at every wait, which on a slow core costs
+    tens of microseconds per token of a paced run. Elsewhere (trio) it is that call.
+    """
+
+    def __init__(self, channel: native.Channel) -> None:
+        self._channel = channel
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._waiter: asyncio.Future[None] | None = None
+        if self._loop is not None:
+            self._loop.add_reader(channel.fd, self._ready)
+
+    def _ready(self) -> None:
+        self._channel.ack()  # level-triggered: re-arm at once, or the loop keeps calling
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._loop is None:
+            await anyio.wait_readable(self._channel.fd)
+            self._channel.ack()
+            return
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        """Unregister the fd (before anything else waits on it, and before it is reused)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._channel.fd)
+            self._loop = None
 
 
 class TokenStream:
@@ -286,6 +364,7 @@ class TokenStream:
         self._result: list[Generation] | None = None
         self._error: RKLLMError | None = None
         self._pump_lock = anyio.Lock(fast_acquire=True)  # no extra loop pass per token
+        self._wakeups: _Wakeups | None = None
         self._closed: anyio.Event | None = None  # set once closing has finished
         self._t0 = 0.0
         self._ttft_ms: float | None = None
@@ -386,13 +465,18 @@ class TokenStream:
             self._abort_reason = self._abort_reason or "abort"
             self._abort_run()
             channel.close()
-            async with self._pump_lock:
+            async with self._pump_lock:  # a pump waiting for events wakes (close signals)
                 if self._channel is None:  # a concurrent pump saw the run end meanwhile
                     return
+                self._stop_wakeups()  # the fd is waited on below instead
                 with anyio.move_on_after(ABORT_GRACE_S) as scope:
                     while not channel.drain().run_done:
-                        await anyio.wait_readable(channel.fd)
-                        channel.ack()
+                        with anyio.move_on_after(ABORT_RETRY_S):
+                            await anyio.wait_readable(channel.fd)
+                            channel.ack()
+                        # An abort that reached the runtime before the run had started was a
+                        # no-op (rkllm_abort on an idle handle): repeat it until the run ends.
+                        self._abort_run()
             if scope.cancelled_caught:
                 warnings.warn(
                     f"the runtime did not return within {ABORT_GRACE_S} s of an abort; its "
@@ -419,8 +503,14 @@ class TokenStream:
             with contextlib.suppress(RKLLMError):  # the run is ending anyway
                 native.abort(handle)
 
+    def _stop_wakeups(self) -> None:
+        if self._wakeups is not None:
+            self._wakeups.close()
+            self._wakeups = None
+
     def _release_channel(self) -> None:
         # Only once rkllm_run has returned (or the run never started): back to the handle's pool.
+        self._stop_wakeups()
         if self._channel is not None:
             self._llm._return_channel(self._channel)
             self._channel = None
@@ -484,20 +574,30 @@ class TokenStream:
         return ready
 
     async def _pump(self) -> None:
+        # Drains until it has chunks (or the run ended), waiting on the fd when empty.
         async with self._pump_lock:
-            channel = self._channel
-            if self._state != "running" or channel is None:
-                return
-            drained = channel.drain()
-            if drained.states:
-                self._process(drained)
-            # run_done is read under the same lock as the events: once it is set, this drain
-            # holds everything the run produced (a refused run produces no callback at all).
-            if drained.run_done:
-                self._finish(drained)
-            elif not drained.states:
-                await anyio.wait_readable(channel.fd)
-                channel.ack()
+            while True:
+                channel = self._channel
+                if self._state != "running" or channel is None:
+                    return
+                drained = channel.drain()
+                if drained.states:
+                    self._process(drained)
+                    for b in self._batches:
+                        if len(b.text) >= COMPACT_EVERY:
+                            b.compact()
+                    if self._abort_reason in ("abort", "stop") and not drained.run_done:
+                        self._abort_run()  # tokens after an abort: it came before the run began
+                # run_done is read under the same lock as the events: once it is set, this
+                # drain holds everything the run produced (a refused run makes no callback).
+                if drained.run_done:
+                    await self._finish(drained)
+                    return
+                if drained.states:
+                    return
+                if self._wakeups is None:
+                    self._wakeups = _Wakeups(channel)
+                await self._wakeups.wait()
 
     def _process(self, drained: native.Drained) -> None:
         # The hot path: one iteration per token. Locals instead of attribute lookups, C-level
@@ -614,7 +714,7 @@ class TokenStream:
         self._seq += 1
         b.pending.clear()
 
-    def _finish(self, drained: native.Drained) -> None:
+    async def _finish(self, drained: native.Drained) -> None:
         failed = (
             self._terminal_state == CallState.ERROR
             or drained.run_rc != 0
@@ -646,10 +746,11 @@ class TokenStream:
                 )
                 self._seq += 1
                 b.pending.clear()
+            text, ids = await b.assemble()
             results.append(
                 Generation(
-                    text="".join(b.text),
-                    token_ids=tuple(b.ids),
+                    text=text,
+                    token_ids=ids,
                     finish_reason=reason,
                     perf=perf,
                     ttft_ms=self._ttft_ms,

@@ -57,6 +57,26 @@ def cdef_source(abi: str, *, fake: bool = False, optional: bool = False) -> str:
     return "\n".join(_read(p) for p in parts)
 
 
+_BOTH = ("1.2", "1.3")
+#: Type strings the native layer uses at run time, and the ABIs that declare them.
+_RUN_TYPES: dict[str, tuple[str, ...]] = {
+    "RKLLMInput[]": _BOTH,
+    "RKLLMInferParam*": _BOTH,
+    "RKLLMLoraParam*": _BOTH,
+    "RKLLMPromptCacheParam*": _BOTH,
+    "RKLLMSamplingParam*": ("1.3",),
+    "RKLLMCrossAttnParam*": _BOTH,
+    "RKLLMParam*": _BOTH,
+    "RKLLMCallback*": ("1.3",),
+    "LLMHandle*": _BOTH,
+    "rkb_page*": _BOTH,
+    "rkb_event": _BOTH,
+    "char[]": _BOTH,
+    "int[]": _BOTH,
+    "float*": _BOTH,
+}
+
+
 def ffi_for(abi: str) -> cffi.FFI:
     """The cffi FFI of ``abi``: every public, optional and fake-only declaration, and the bridge.
 
@@ -68,5 +88,11 @@ def ffi_for(abi: str) -> cffi.FFI:
         if abi not in _ffis:
             ffi = cffi.FFI()
             ffi.cdef(cdef_source(abi, fake=True, optional=True) + _read("bridge.cdef"))
+            # cffi parses a type string (with pycparser) the first time it is used: several
+            # ms each. Parse the ones runs use now (loading runs in a worker thread) rather
+            # than on the event loop at the first run.
+            for name, abis in _RUN_TYPES.items():
+                if abi in abis:
+                    ffi.typeof(name)
             _ffis[abi] = ffi
         return _ffis[abi]

@@ -7,6 +7,7 @@ import pytest
 
 import rkllm_sdk as rk
 from rkllm_sdk import _native
+from rkllm_sdk import stream as stream_mod
 from rkllm_sdk.llm import AsyncLLM, open_handles
 
 from ..fake_runtime.driver import hidden_formula, logits_formula, reference_pieces
@@ -27,6 +28,18 @@ async def test_generate_returns_the_whole_reply(load: LoadLLM) -> None:
     assert len(gen.token_ids) == gen.perf.generate_tokens
     assert gen.ttft_ms is not None and gen.ttft_ms > 0
     assert gen.chunks > 0
+
+
+async def test_long_runs_keep_every_piece(load: LoadLLM) -> None:
+    """Past the point where streamed text is folded into blocks, nothing is lost or reordered."""
+    n = 3 * stream_mod.COMPACT_EVERY + 123
+    llm = await load(natural_end=False, params=rk.ModelParams(max_new_tokens=n))
+    async with llm.stream("go") as s:
+        chunks = [c async for c in s]
+    gen = s.result()
+    assert gen.finish_reason == "length" and len(gen.token_ids) == n
+    assert gen.text == "".join(c.text for c in chunks)
+    assert gen.token_ids == tuple(t for c in chunks for t in c.token_ids)
 
 
 async def test_chunks_are_ordered_and_never_split_characters(load: LoadLLM) -> None:

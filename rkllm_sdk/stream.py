@@ -223,7 +223,6 @@ class _Batch:
     __slots__ = (
         "arrays",
         "chunks",
-        "generated",
         "held",
         "ids",
         "partial",
@@ -250,7 +249,6 @@ class _Batch:
         self.text_blocks: list[str] = []
         self.pending: list[int] = []  # ids not yet attached to a chunk
         self.held = ""  # text held back while it could be the start of a stop string
-        self.generated = 0
         self.chunks = 0
         self.stopped = False
         self.arrays: list[FloatArray] = []
@@ -599,9 +597,11 @@ class TokenStream:
                     self._wakeups = _Wakeups(channel)
                 await self._wakeups.wait()
 
-    def _process(self, drained: native.Drained) -> None:
-        # The hot path: one iteration per token. Locals instead of attribute lookups, C-level
-        # UTF-8 decoding, chunks built straight from tuples.
+    def _process(self, drained: native.Drained) -> None:  # noqa: PLR0912, PLR0915
+        # The hot path: one iteration per token, kept in one function on purpose (a call per
+        # token costs more than the branches). Locals instead of attribute lookups, C-level
+        # UTF-8 decoding, chunks built straight from tuples, one substring search for text
+        # without tags, token-id tuples built directly when no token is pending.
         batches = self._batches
         chunks = self._chunks
         stop = bool(self._stop)
@@ -610,6 +610,9 @@ class TokenStream:
             batches[drained.batches[idx]].arrays.append(array)
             self.array_callback_ns.append(drained.callback_ns[idx])
         stamps = self._stamps
+        seq = self._seq
+        if self._ttft_ms is None and drained.states[0] < _TERMINAL and drained.token_ids[0] >= 0:
+            self._ttft_ms = (time.perf_counter() - self._t0) * 1e3
         for state, batch, token, text, stamp in zip(
             drained.states,
             drained.batches,
@@ -624,52 +627,51 @@ class TokenStream:
             b = batches[batch]
             if token < 0 or b.stopped:
                 continue
-            if self._ttft_ms is None:
-                self._ttft_ms = (time.perf_counter() - self._t0) * 1e3
-            b.generated += 1
             b.ids.append(token)
-            b.pending.append(token)
             if not text:
+                b.pending.append(token)
                 continue
-            data = b.partial + text if b.partial else text
-            piece, used = _utf8_decode(data, "replace", False)  # keeps an incomplete tail
-            b.partial = data[used:]
+            if b.partial:
+                data = b.partial + text
+                piece, used = _utf8_decode(data, "replace", False)  # keeps an incomplete tail
+                b.partial = data[used:]
+            else:
+                piece, used = _utf8_decode(text, "replace", False)
+                if used != len(text):
+                    b.partial = text[used:]
             if not piece:
+                b.pending.append(token)
                 continue
             thinking = b.thinking
-            if "<think>" in piece:
-                thinking = b.thinking = True
-            if "</think>" in piece:
-                thinking, b.thinking = True, False
             in_tool, calls = False, _NO_CALLS
-            if b.tool_text is not None or "<tool_call>" in piece:
-                in_tool, calls = True, self._tool_text(b, piece)
+            if "<" in piece or b.tool_text is not None:  # one search for the common case
+                if "<think>" in piece:
+                    thinking = b.thinking = True
+                if "</think>" in piece:
+                    thinking, b.thinking = True, False
+                if b.tool_text is not None or "<tool_call>" in piece:
+                    in_tool, calls = True, self._tool_text(b, piece)
             if stop:
+                b.pending.append(token)
                 b.pending_calls.extend(calls)
+                self._seq = seq
                 self._emit_text(b, batch, piece, thinking, in_tool)
+                seq = self._seq
                 continue
+            if b.pending:
+                ids = (*b.pending, token)
+                b.pending.clear()
+            else:
+                ids = (token,)
             b.text.append(piece)
             b.chunks += 1
             chunks.append(
-                new_chunk(
-                    Chunk,
-                    (
-                        self._seq,
-                        piece,
-                        tuple(b.pending),
-                        batch,
-                        None,
-                        None,
-                        thinking,
-                        in_tool,
-                        calls,
-                    ),
-                )
+                new_chunk(Chunk, (seq, piece, ids, batch, None, None, thinking, in_tool, calls))
             )
-            self._seq += 1
-            b.pending.clear()
+            seq += 1
             if stamps is not None:
                 stamps.append(stamp)
+        self._seq = seq
 
     def _tool_text(self, b: _Batch, piece: str) -> tuple[ToolCall, ...]:
         """Follow a <tool_call> block; when it closes, the calls parsed from it."""
@@ -731,7 +733,7 @@ class TokenStream:
                 reason = "error"
             elif self._abort_reason is not None:
                 reason = self._abort_reason
-            elif self._limit is not None and b.generated >= self._limit:
+            elif self._limit is not None and len(b.ids) >= self._limit:
                 reason = "length"
             elif b.tool_calls:
                 reason = "tool_calls"

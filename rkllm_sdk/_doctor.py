@@ -83,7 +83,13 @@ class DoctorReport:
         data["ok"] = self.ok
         return data
 
-    def __str__(self) -> str:
+    def lines(self) -> list[tuple[str, str]]:
+        """The findings as ``(label, value)`` pairs in display order (problems apart).
+
+        >>> dict(doctor(runtime="fake").lines())["ABI"]
+        '1.3 (detected from the library)'
+        """
+
         def show(value: object) -> str:
             return "-" if value is None else str(value)
 
@@ -93,14 +99,14 @@ class DoctorReport:
         driver = show(self.driver_version)
         if self.driver_ok is False:
             driver += " (older than 0.9.8)"
-        lines = [
-            f"runtime:   {runtime}",
-            f"version:   {show(self.runtime_version)}",
-            f"ABI:       {show(self.abi)}" + (f" ({self.abi_source})" if self.abi_source else ""),
-            f"extras:    {', '.join(self.optional_symbols) or '-'}",
-            f"driver:    {driver}",
-            f"platform:  {show(self.platform)}",
-            f"machine:   {self.machine}, {self.libc}, Python {self.python}",
+        rows = [
+            ("runtime", runtime),
+            ("version", show(self.runtime_version)),
+            ("ABI", show(self.abi) + (f" ({self.abi_source})" if self.abi_source else "")),
+            ("extras", ", ".join(self.optional_symbols) or "-"),
+            ("driver", driver),
+            ("platform", show(self.platform)),
+            ("machine", f"{self.machine}, {self.libc}, Python {self.python}"),
         ]
         if self.model is not None:
             m = self.model
@@ -109,8 +115,12 @@ class DoctorReport:
                 if not m.exists
                 else ("unreadable" if not m.readable else f"{m.size_bytes:,} bytes")
             )
-            lines.append(f"model:     {m.path} ({state})")
-        lines += [f"note:      {n}" for n in self.notes]
+            rows.append(("model", f"{m.path} ({state})"))
+        rows += [("note", n) for n in self.notes]
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"{label + ':':<11}{value}" for label, value in self.lines()]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             for p in self.problems:

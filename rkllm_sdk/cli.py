@@ -189,36 +189,15 @@ def _runtime_label(llm: AsyncLLM) -> str:
 def _render_doctor(report: DoctorReport, err: Any, out: Any) -> None:
     from rich.table import Table  # noqa: PLC0415
 
-    def show(value: object) -> str:
-        return "-" if value is None else str(value)
-
+    styles = {"note": "dim", "driver": "red" if report.driver_ok is False else ""}
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    runtime = show(report.runtime_path)
-    if report.found_by:
-        runtime += f" (found by {report.found_by})"
-    abi = show(report.abi) + (f" ({report.abi_source})" if report.abi_source else "")
-    driver = show(report.driver_version)
-    if report.driver_ok is False:
-        driver = f"[red]{driver} (older than 0.9.8)[/red]"
-    table.add_row("runtime", runtime + (" [cyan](fake)[/cyan]" if report.is_fake else ""))
-    table.add_row("version", show(report.runtime_version))
-    table.add_row("ABI", abi)
-    table.add_row("extras", ", ".join(report.optional_symbols) or "-")
-    table.add_row("NPU driver", driver)
-    table.add_row("platform", show(report.platform))
-    table.add_row("machine", f"{report.machine}, {report.libc}, Python {report.python}")
-    if report.model is not None:
-        m = report.model
-        state = (
-            "missing"
-            if not m.exists
-            else ("unreadable" if not m.readable else f"{m.size_bytes:,} bytes")
-        )
-        table.add_row("model", f"{m.path} ({state})")
-    for note in report.notes:
-        table.add_row("note", f"[dim]{_esc(note)}[/dim]")
+    for label, value in report.lines():
+        cell = f"[{styles[label]}]{_esc(value)}[/]" if styles.get(label) else _esc(value)
+        if label == "runtime" and report.is_fake:
+            cell += " [cyan](fake)[/cyan]"
+        table.add_row(label, cell)
     out.print(table)
     if report.ok:
         out.print("[green]no problems found[/green]")

@@ -112,9 +112,10 @@ def resolve_target(runtime: str | None, model: str | None, abi: str | None) -> T
 class Interrupts:
     """SIGINT handling for a command: stop the current step, or cancel the whole command.
 
-    While ``stop`` is set (a stream's ``abort``, a scope's ``cancel``), Ctrl-C calls it;
-    otherwise it cancels ``main``. Either way the run is aborted on the NPU and the runtime
-    is waited for before anything is released.
+    The first Ctrl-C calls ``stop`` when it is set (a stream's ``abort``, a scope's
+    ``cancel``), else cancels ``main``; either way the run is aborted on the NPU and the
+    runtime is waited for before anything is released. A second Ctrl-C cancels ``main``;
+    a third leaves at once (exit code 130), for a runtime that does not answer its abort.
     """
 
     main: anyio.CancelScope
@@ -126,7 +127,9 @@ class Interrupts:
             task_status.started()
             async for _ in signals:
                 self.hits += 1
-                (self.stop or self.main.cancel)()
+                if self.hits >= 3:
+                    os._exit(EXIT_INTERRUPTED)  # the user insists; the runtime is stuck
+                (self.stop if self.stop is not None and self.hits == 1 else self.main.cancel)()
 
 
 async def _with_interrupts(body: Callable[[Interrupts], Awaitable[int]]) -> int:

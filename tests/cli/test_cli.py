@@ -192,7 +192,9 @@ def test_bench_table(model: ModelFactory) -> None:
     assert "fake runtime 1.3.0 (ABI 1.3)" in r.stdout and "decode (tok/s)" in r.stdout
 
 
-def _interrupt_after_output(args: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+def _interrupt_after_output(
+    args: Sequence[str], stdin: str | None = None, signals: int = 1
+) -> tuple[int, str, str]:
     """Start the command, wait for generated text on stdout, send SIGINT, collect the rest."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rkllm_sdk", *args],
@@ -209,7 +211,8 @@ def _interrupt_after_output(args: Sequence[str], stdin: str | None = None) -> tu
     deadline = time.monotonic() + 30
     while b"word" not in seen and time.monotonic() < deadline:
         seen += os.read(proc.stdout.fileno(), 4096)
-    proc.send_signal(signal.SIGINT)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
     if stdin is not None:
         proc.stdin.write(b"/exit\n")
         proc.stdin.flush()
@@ -233,6 +236,13 @@ def test_sigint_during_run_aborts_cleanly(abi: str, model: ModelFactory) -> None
     assert "interrupted: generation aborted" in err and "finish: abort" in err
     assert "Traceback" not in err
     assert out.count("word") < 400
+
+
+def test_repeated_sigint_leaves_at_once(model: ModelFactory) -> None:
+    code, _, err = _interrupt_after_output(
+        ["run", "go", *fake_args("1.3", model(**SLOW_ENDLESS))], signals=3
+    )
+    assert code == 130 and "Traceback" not in err
 
 
 def test_sigint_during_chat_stops_the_answer_only(model: ModelFactory) -> None:

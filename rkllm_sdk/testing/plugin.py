@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,23 +100,23 @@ class FakeRuntime:
 
     async def load(
         self,
-        model: FakeModel | Path | None = None,
+        model: FakeModel | str | os.PathLike[str] | None = None,
         *,
         params: ModelParams | None = None,
         **fields: Any,
     ) -> AsyncLLM:
-        """Load a model on the fake runtime: a path, a :class:`FakeModel`, or its fields.
+        """Load a model on the fake runtime: a model file, a :class:`FakeModel`, or its fields.
 
         Close it (``async with``) in the test; teardown fails if it is left open.
 
         >>> async with await rkllm_fake.load(replies={"Hi": "Hello"}) as llm: ...  # doctest: +SKIP
         """
-        path = model if isinstance(model, Path) else self.model(model, **fields)
+        path = self._path(model, fields)
         return await AsyncLLM.load(path, runtime="fake", abi=self.abi, params=params)
 
     def load_sync(
         self,
-        model: FakeModel | Path | None = None,
+        model: FakeModel | str | os.PathLike[str] | None = None,
         *,
         params: ModelParams | None = None,
         **fields: Any,
@@ -124,8 +125,15 @@ class FakeRuntime:
 
         >>> with rkllm_fake.load_sync(replies={"Hi": "Hello"}) as llm: ...  # doctest: +SKIP
         """
-        path = model if isinstance(model, Path) else self.model(model, **fields)
+        path = self._path(model, fields)
         return LLM.load(path, runtime="fake", abi=self.abi, params=params)
+
+    def _path(self, model: FakeModel | str | os.PathLike[str] | None, fields: Any) -> Path:
+        if isinstance(model, (str, os.PathLike)):
+            if fields:
+                raise TypeError("give a model file path or FakeModel fields, not both")
+            return Path(model)
+        return self.model(model, **fields)
 
     def last_input(self, llm: AsyncLLM | LLM) -> RunInput:
         """What the runtime received in ``llm``'s last run (see :func:`last_input`).

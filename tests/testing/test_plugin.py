@@ -90,7 +90,10 @@ async def test_speeds(rkllm_fake):
 
 
 def test_counters(rkllm_fake):
-    with rkllm_fake.load_sync() as llm:
+    path = str(rkllm_fake.model(replies={"x": "y"}))
+    with pytest.raises(TypeError, match="not both"):
+        rkllm_fake.load_sync(path, decode_ms=1)
+    with rkllm_fake.load_sync(path) as llm:
         before = rkllm_fake.stats()["runs_finished"]
         llm.generate("x")
         assert rkllm_fake.stats()["runs_finished"] == before + 1

@@ -165,9 +165,8 @@ def _rates(gen: Generation) -> dict[str, float | int | None]:
 
 def summary_line(gen: Generation) -> str:
     """The one-line summary printed after a reply."""
-    r = _rates(gen)
     parts = [
-        f"{r['tokens']} tokens",
+        f"{len(gen.token_ids)} tokens",
         f"TTFT {gen.ttft_ms:.0f} ms" if gen.ttft_ms is not None else "TTFT -",
     ]
     if gen.perf is not None:

@@ -319,7 +319,7 @@ class _Wakeups:
             self._waiter = None
 
     def close(self) -> None:
-        """Unregister the fd (before anything else waits on it, and before it is reused)."""
+        """Unregister the fd (before the channel goes back to the handle's pool)."""
         if self._loop is not None:
             self._loop.remove_reader(self._channel.fd)
             self._loop = None
@@ -466,12 +466,10 @@ class TokenStream:
             async with self._pump_lock:  # a pump waiting for events wakes (close signals)
                 if self._channel is None:  # a concurrent pump saw the run end meanwhile
                     return
-                self._stop_wakeups()  # the fd is waited on below instead
                 with anyio.move_on_after(ABORT_GRACE_S) as scope:
                     while not channel.drain().run_done:
                         with anyio.move_on_after(ABORT_RETRY_S):
-                            await anyio.wait_readable(channel.fd)
-                            channel.ack()
+                            await self._wait_events(channel)
                         # An abort that reached the runtime before the run had started was a
                         # no-op (rkllm_abort on an idle handle): repeat it until the run ends.
                         self._abort_run()
@@ -501,14 +499,11 @@ class TokenStream:
             with contextlib.suppress(RKLLMError):  # the run is ending anyway
                 native.abort(handle)
 
-    def _stop_wakeups(self) -> None:
+    def _release_channel(self) -> None:
+        # Only once rkllm_run has returned (or the run never started): back to the handle's pool.
         if self._wakeups is not None:
             self._wakeups.close()
             self._wakeups = None
-
-    def _release_channel(self) -> None:
-        # Only once rkllm_run has returned (or the run never started): back to the handle's pool.
-        self._stop_wakeups()
         if self._channel is not None:
             self._llm._return_channel(self._channel)
             self._channel = None
@@ -593,9 +588,13 @@ class TokenStream:
                     return
                 if drained.states:
                     return
-                if self._wakeups is None:
-                    self._wakeups = _Wakeups(channel)
-                await self._wakeups.wait()
+                await self._wait_events(channel)
+
+    async def _wait_events(self, channel: native.Channel) -> None:
+        # Under the pump lock: the only task waiting on the channel's fd.
+        if self._wakeups is None:
+            self._wakeups = _Wakeups(channel)
+        await self._wakeups.wait()
 
     def _process(self, drained: native.Drained) -> None:  # noqa: PLR0912, PLR0915
         # The hot path: one iteration per token, kept in one function on purpose (a call per

@@ -70,11 +70,7 @@ class SyncTokenStream:
         # Closing the generator (a finished or abandoned loop) leaves the `with`: the run
         # is aborted if it is still going.
         with self:
-            while True:
-                try:
-                    yield next(self)
-                except StopIteration:
-                    return
+            yield from self  # entered now: iter(self) is self
 
     def __next__(self) -> Chunk:
         if self._pos == len(self._ready):

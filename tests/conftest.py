@@ -9,9 +9,21 @@ from typing import Any
 
 import pytest
 
+from rkllm_sdk._ffi.loader import locate_runtime
+from rkllm_sdk.errors import RuntimeNotFoundError
+
 ABIS = ["1.2", "1.3"]
 
 ModelFactory = Callable[..., Path]
+
+
+def skip_if_runtime_installed() -> None:
+    """Skip a test of the fallback to the bundled fake when a real runtime is installed."""
+    try:
+        locate_runtime(None)
+    except RuntimeNotFoundError:
+        return
+    pytest.skip("a runtime is installed here: the command would use it")
 
 
 @pytest.fixture(params=ABIS, ids=lambda a: f"abi{a}")

@@ -14,9 +14,8 @@ import pytest
 import rkllm_sdk
 from rkllm_sdk import _fake
 from rkllm_sdk._ffi import ABIS, cdef_source
-from rkllm_sdk._ffi.loader import locate_runtime
-from rkllm_sdk.errors import RuntimeNotFoundError
 
+from .conftest import skip_if_runtime_installed
 from .fake_runtime.driver import reference_pieces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,12 +86,7 @@ def test_fake_library_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.mark.parametrize("abi", ABIS)
 def test_readme_main_job_streams_the_demo_reply(abi: str) -> None:
     """`rkllm run "Hello"` (the README's main job) streams the demo model's reply from the fake."""
-    try:
-        locate_runtime(None)
-    except RuntimeNotFoundError:
-        pass
-    else:
-        pytest.skip("a runtime is installed here: the command would use it")
+    skip_if_runtime_installed()
     env = {k: v for k, v in os.environ.items() if k != "RKLLM_RUNTIME"}
     env.update(RKLLM_FAKE_QUIET="1", RKLLM_ABI=abi)
     proc = subprocess.run(

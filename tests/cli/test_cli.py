@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from rkllm_sdk._ffi.loader import locate_runtime
-from rkllm_sdk.errors import RuntimeNotFoundError
-from tests.conftest import ModelFactory
+from tests.conftest import ModelFactory, skip_if_runtime_installed
 
 REPLY = "Lights are on."
 TOOLS = [
@@ -117,12 +115,7 @@ def test_run_thinking_goes_to_its_own_field(model: ModelFactory) -> None:
 
 
 def test_run_falls_back_to_the_bundled_fake() -> None:
-    try:
-        locate_runtime(None)
-    except RuntimeNotFoundError:
-        pass
-    else:
-        pytest.skip("a runtime is installed here: no fallback to test")
+    skip_if_runtime_installed()
     r = rkllm("run", "Hello", "--json", "--max-new-tokens", "2")
     assert r.returncode == 0, r.stderr
     assert "bundled fake runtime" in r.stderr

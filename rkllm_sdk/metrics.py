@@ -1,8 +1,17 @@
 """Counters and timings per handle and for the process, as snapshots or Prometheus text.
 
-Every :class:`~rkllm_sdk.AsyncLLM` records each run: outcome (ok, or failed by error type),
-duration, time to first token, the runtime's prefill / decode token counts and times, its
-peak memory; and live values: callers queued for the handle, runs in progress.
+Every :class:`~rkllm_sdk.AsyncLLM` records each run through its :class:`Recorder`: outcome
+(ok, or failed by error type), duration, time to first token, the runtime's prefill / decode
+token counts and times, its peak memory; and live values: callers queued for the handle, runs
+in progress.
+
+A recorder joins the process-wide view when it is created. When its handle closes
+(:meth:`Recorder.retire`, or the recorder is garbage-collected) its counts fold into one
+aggregate per ``(model, abi)`` label set, so the process totals keep them and
+:func:`render_prometheus` prints one series per label set however many handles came and went.
+
+This module imports nothing from the client modules (``llm``, ``stream``, ``chat``, ``sync``):
+they depend on it, never the other way round.
 
 >>> llm.metrics().calls_ok                       # doctest: +SKIP
 >>> print(render_prometheus())                   # doctest: +SKIP
@@ -13,16 +22,17 @@ from __future__ import annotations
 import html
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from .models import PerfStats
+from .results import PerfStats
 
 if TYPE_CHECKING:
-    from .llm import AsyncLLM
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["MetricsSnapshot", "Recorder", "process_metrics", "render_prometheus"]
 
@@ -102,188 +112,404 @@ def _rss_mb() -> float:
     return 0.0
 
 
-class Recorder:
-    """The mutable counters of one handle (internal; read them with ``llm.metrics()``)."""
+@attrs.define
+class _Counts:
+    """The plain numbers behind a snapshot (no lock: whoever holds one guards it)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.ok = 0
-        self.failures: Counter[str] = Counter()
-        self.run_seconds = 0.0
-        self.run_seconds_max = 0.0
-        self.ttft_seconds = 0.0
-        self.ttft_count = 0
-        self.prefill_tokens = 0
-        self.prefill_seconds = 0.0
-        self.generate_tokens = 0
-        self.generate_seconds = 0.0
-        self.memory_mb = 0.0
-        self.queued = 0
-        self.active = 0
+    ok: int = 0
+    failures: Counter[str] = attrs.field(factory=Counter)
+    run_seconds: float = 0.0
+    run_seconds_max: float = 0.0
+    ttft_seconds: float = 0.0
+    ttft_count: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generate_tokens: int = 0
+    generate_seconds: float = 0.0
+    memory_mb: float = 0.0
+    queued: int = 0
+    active: int = 0
+
+    def record(
+        self,
+        *,
+        seconds: float,
+        ttft_ms: float | None,
+        perf: PerfStats | None,
+        error: str | None,
+        peak_memory: bool = False,
+    ) -> None:
+        """Add one call's outcome; memory is the last reported, or the peak for aggregates."""
+        if error is None:
+            self.ok += 1
+        else:
+            self.failures[error] += 1
+        self.run_seconds += seconds
+        self.run_seconds_max = max(self.run_seconds_max, seconds)
+        if ttft_ms is not None:
+            self.ttft_seconds += ttft_ms / 1e3
+            self.ttft_count += 1
+        if perf is not None:
+            self.prefill_tokens += perf.prefill_tokens
+            self.prefill_seconds += perf.prefill_time_ms / 1e3
+            self.generate_tokens += perf.generate_tokens
+            self.generate_seconds += perf.generate_time_ms / 1e3
+            mb = perf.memory_usage_mb
+            self.memory_mb = max(self.memory_mb, mb) if peak_memory else mb
+
+    def fold(self, other: _Counts, *, gauges: bool) -> None:
+        """Add another's counters (and its queued / active gauges when ``gauges``)."""
+        self.ok += other.ok
+        self.failures.update(other.failures)
+        self.run_seconds += other.run_seconds
+        self.run_seconds_max = max(self.run_seconds_max, other.run_seconds_max)
+        self.ttft_seconds += other.ttft_seconds
+        self.ttft_count += other.ttft_count
+        self.prefill_tokens += other.prefill_tokens
+        self.prefill_seconds += other.prefill_seconds
+        self.generate_tokens += other.generate_tokens
+        self.generate_seconds += other.generate_seconds
+        self.memory_mb = max(self.memory_mb, other.memory_mb)
+        if gauges:
+            self.queued += other.queued
+            self.active += other.active
+
+    def snapshot(self) -> MetricsSnapshot:
+        failed = sum(self.failures.values())
+        return MetricsSnapshot(
+            calls_total=self.ok + failed,
+            calls_ok=self.ok,
+            calls_failed=failed,
+            failures=dict(self.failures),
+            run_seconds_total=self.run_seconds,
+            run_seconds_max=self.run_seconds_max,
+            ttft_seconds_total=self.ttft_seconds,
+            ttft_count=self.ttft_count,
+            prefill_tokens=self.prefill_tokens,
+            prefill_seconds=self.prefill_seconds,
+            generate_tokens=self.generate_tokens,
+            generate_seconds=self.generate_seconds,
+            runtime_memory_mb=self.memory_mb,
+            process_rss_mb=_rss_mb(),
+            queue_depth=self.queued,
+            active_runs=self.active,
+        )
+
+
+_Labels = tuple[str, str]  # (model file name, ABI)
+
+
+@attrs.define(eq=False)  # hashed by identity: it lives in a set
+class _State:
+    """One recorder's counts with their lock; also the form of a retired aggregate."""
+
+    labels: _Labels | None
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    counts: _Counts = attrs.field(factory=_Counts)
+    # Set once the counts are folded into the label set's retired aggregate: outcomes recorded
+    # after that (a queued caller refused by the close) go to the aggregate too.
+    retired_into: _State | None = None
+
+    def copy(self) -> _Counts:
+        with self.lock:
+            return attrs.evolve(self.counts, failures=Counter(self.counts.failures))
+
+
+# The process-wide view. Lock order: _lock, then a recorder's lock, then an aggregate's lock;
+# a recorder never takes _lock, so recording is never held up by readers of other handles.
+_lock = threading.Lock()
+_live: set[_State] = set()
+_retired: dict[_Labels, _State] = {}
+# Retirements waiting to be folded. weakref.finalize may run in any thread at any allocation,
+# even while this thread holds _lock, so the finalizer only appends here (no lock); whoever
+# takes _lock next folds them.
+_pending: deque[_State] = deque()
+
+
+def _drain() -> None:
+    """Fold pending retirements into their label set's aggregate (caller holds ``_lock``)."""
+    while _pending:
+        state = _pending.popleft()
+        if state not in _live:  # never joined, or already folded
+            continue
+        _live.discard(state)
+        assert state.labels is not None  # only labelled states join
+        aggregate = _retired.setdefault(state.labels, _State(state.labels))
+        with state.lock, aggregate.lock:
+            aggregate.counts.fold(state.counts, gauges=False)
+            state.retired_into = aggregate
+
+
+def _join(state: _State) -> None:
+    with _lock:
+        _drain()
+        _live.add(state)
+
+
+class Recorder:
+    """The counters of one handle; the client records into it, ``llm.metrics()`` reads it.
+
+    ``Recorder(model, abi)`` joins the process-wide view under those labels (``model`` is the
+    model file's name). Every method is thread-safe (one lock per recorder).
+
+    >>> rec = Recorder("demo.rkllm", "1.3")
+    >>> rec.queue_entered(); rec.queue_left(); rec.run_started()
+    >>> rec.run_finished(seconds=0.5, ttft_ms=20.0, perf=None, error=None)
+    >>> rec.snapshot().calls_ok, rec.snapshot().active_runs
+    (1, 0)
+    >>> rec.retire()
+    """
+
+    # compat: removed once llm/stream switch -- the defaults (model=None, abi=None), so that
+    # ``Recorder()`` followed by ``register(llm, recorder)`` keeps working.
+    def __init__(self, model: str | None = None, abi: str | None = None) -> None:
+        if (model is None) != (abi is None):
+            raise TypeError("Recorder() takes both model and abi")
+        self._state = _State(None if model is None or abi is None else (model, abi))
+        # Dropped without retire(): retire anyway (the callback must not hold the recorder).
+        self._finalizer = weakref.finalize(self, _pending.append, self._state)
+        self._finalizer.atexit = False
+        if self._state.labels is not None:
+            _join(self._state)
+
+    @property
+    def labels(self) -> tuple[str, str] | None:
+        """``(model, abi)``: the label set this recorder reports under."""
+        return self._state.labels
+
+    # ---- live values -----------------------------------------------------------------------
+
+    def queue_entered(self) -> None:
+        """A caller started waiting for the handle."""
+        with self._state.lock:
+            self._state.counts.queued += 1
+
+    def queue_left(self) -> None:
+        """A caller stopped waiting (it got the handle, or gave up)."""
+        with self._state.lock:
+            self._state.counts.queued -= 1
+
+    def run_started(self) -> None:
+        """A run began on the handle."""
+        with self._state.lock:
+            self._state.counts.active += 1
+
+    # ---- outcomes --------------------------------------------------------------------------
+
+    def run_finished(
+        self, *, seconds: float, ttft_ms: float | None, perf: PerfStats | None, error: str | None
+    ) -> None:
+        """A run ended: one fewer active, and its outcome recorded.
+
+        Args:
+            seconds: wall time of the run.
+            ttft_ms: time to first token, None when no token came.
+            perf: the runtime's own statistics, when it gave them.
+            error: the error type's name when the run failed, None when it succeeded.
+        """
+        self._record(seconds=seconds, ttft_ms=ttft_ms, perf=perf, error=error, started=True)
+
+    def refused(self, error: BaseException) -> None:
+        """A call refused before any run started (it counts as failed; no run was active)."""
+        self._record(
+            seconds=0.0, ttft_ms=None, perf=None, error=type(error).__name__, started=False
+        )
+
+    def _record(
+        self,
+        *,
+        seconds: float,
+        ttft_ms: float | None,
+        perf: PerfStats | None,
+        error: str | None,
+        started: bool,
+    ) -> None:
+        state = self._state
+        with state.lock:
+            if started:
+                state.counts.active -= 1
+            state.counts.record(seconds=seconds, ttft_ms=ttft_ms, perf=perf, error=error)
+            aggregate = state.retired_into
+        if aggregate is not None:  # retired already: keep the process totals whole
+            with aggregate.lock:
+                aggregate.counts.record(
+                    seconds=seconds, ttft_ms=ttft_ms, perf=perf, error=error, peak_memory=True
+                )
+
+    # ---- reading and lifetime --------------------------------------------------------------
+
+    def snapshot(self) -> MetricsSnapshot:
+        """This recorder's counters and live values now."""
+        with self._state.lock:
+            return self._state.counts.snapshot()
+
+    def retire(self) -> None:
+        """The handle closed: fold the counts into the label set's retired aggregate.
+
+        The process totals keep them, as one series per label set. Idempotent; also done
+        when the recorder is garbage-collected. This recorder's own snapshot stays readable.
+        """
+        self._finalizer()
+        with _lock:
+            _drain()
+
+    # ---- compat: removed once llm/stream switch --------------------------------------------
 
     def finished(
         self, *, seconds: float, ttft_ms: float | None, perf: PerfStats | None, error: str | None
     ) -> None:
-        """Record a finished call (``error`` is the error type's name when it failed)."""
-        with self._lock:
-            if error is None:
-                self.ok += 1
-            else:
-                self.failures[error] += 1
-            self.run_seconds += seconds
-            self.run_seconds_max = max(self.run_seconds_max, seconds)
-            if ttft_ms is not None:
-                self.ttft_seconds += ttft_ms / 1e3
-                self.ttft_count += 1
-            if perf is not None:
-                self.prefill_tokens += perf.prefill_tokens
-                self.prefill_seconds += perf.prefill_time_ms / 1e3
-                self.generate_tokens += perf.generate_tokens
-                self.generate_seconds += perf.generate_time_ms / 1e3
-                self.memory_mb = perf.memory_usage_mb
+        """Compat: record an outcome without touching ``active`` (use :meth:`run_finished`)."""
+        self._record(seconds=seconds, ttft_ms=ttft_ms, perf=perf, error=error, started=False)
 
-    def refused(self, error: BaseException) -> None:
-        """Record a call refused before any run started (it counts as failed)."""
-        self.finished(seconds=0.0, ttft_ms=None, perf=None, error=type(error).__name__)
+    @property
+    def queued(self) -> int:
+        """Compat: callers waiting (use :meth:`queue_entered` / :meth:`queue_left`)."""
+        return self._state.counts.queued
 
-    def snapshot(self) -> MetricsSnapshot:
-        with self._lock:
-            failed = sum(self.failures.values())
-            return MetricsSnapshot(
-                calls_total=self.ok + failed,
-                calls_ok=self.ok,
-                calls_failed=failed,
-                failures=dict(self.failures),
-                run_seconds_total=self.run_seconds,
-                run_seconds_max=self.run_seconds_max,
-                ttft_seconds_total=self.ttft_seconds,
-                ttft_count=self.ttft_count,
-                prefill_tokens=self.prefill_tokens,
-                prefill_seconds=self.prefill_seconds,
-                generate_tokens=self.generate_tokens,
-                generate_seconds=self.generate_seconds,
-                runtime_memory_mb=self.memory_mb,
-                process_rss_mb=_rss_mb(),
-                queue_depth=self.queued,
-                active_runs=self.active,
-            )
+    @queued.setter
+    def queued(self, value: int) -> None:
+        with self._state.lock:
+            self._state.counts.queued = value
+
+    @property
+    def active(self) -> int:
+        """Compat: runs in progress (use :meth:`run_started` / :meth:`run_finished`)."""
+        return self._state.counts.active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        with self._state.lock:
+            self._state.counts.active = value
 
 
-# Every handle's recorder, including closed handles' (their counts stay in the totals).
-_handles: weakref.WeakKeyDictionary[AsyncLLM, tuple[str, str, Recorder]] = (
-    weakref.WeakKeyDictionary()
-)
-_retired: list[tuple[str, str, Recorder]] = []
-_lock = threading.Lock()
+class _Handle(Protocol):  # compat: removed once llm/stream switch
+    @property
+    def model_path(self) -> str: ...
+    @property
+    def runtime(self) -> _HasABI: ...
 
 
-def register(llm: AsyncLLM, recorder: Recorder) -> None:
-    """Internal: a new handle's recorder joins the process-wide view."""
+class _HasABI(Protocol):  # compat: removed once llm/stream switch
+    @property
+    def abi(self) -> str: ...
+
+
+def register(llm: _Handle, recorder: Recorder) -> None:  # compat: removed once llm/stream switch
+    """Compat: label an unlabelled ``Recorder()`` after its handle and join the process view."""
+    state = recorder._state
+    if state.labels is None:
+        state.labels = (Path(llm.model_path).name, llm.runtime.abi)
+        _join(state)
+
+
+# ---- the process-wide view -----------------------------------------------------------------
+
+
+def _groups() -> dict[_Labels, _Counts]:
+    """Per label set: its live handles' counts and gauges plus its retired aggregate."""
+    groups: dict[_Labels, _Counts] = {}
     with _lock:
-        _handles[llm] = (Path(llm.model_path).name, llm.runtime.abi, recorder)
-        weakref.finalize(llm, _retire, (Path(llm.model_path).name, llm.runtime.abi, recorder))
-
-
-def _retire(entry: tuple[str, str, Recorder]) -> None:
-    with _lock:
-        _retired.append(entry)
-
-
-def _entries() -> list[tuple[str, str, Recorder]]:
-    with _lock:
-        return [*_handles.values(), *_retired]
+        _drain()
+        for state in _live:
+            assert state.labels is not None
+            groups.setdefault(state.labels, _Counts()).fold(state.copy(), gauges=True)
+        for labels, aggregate in _retired.items():
+            groups.setdefault(labels, _Counts()).fold(aggregate.copy(), gauges=False)
+    return groups
 
 
 def process_metrics() -> MetricsSnapshot:
     """Every handle of the process, summed (closed handles included)."""
-    total = Recorder()
-    for _, _, rec in _entries():
-        snap = rec.snapshot()
-        total.ok += snap.calls_ok
-        total.failures.update(snap.failures)
-        total.run_seconds += snap.run_seconds_total
-        total.run_seconds_max = max(total.run_seconds_max, snap.run_seconds_max)
-        total.ttft_seconds += snap.ttft_seconds_total
-        total.ttft_count += snap.ttft_count
-        total.prefill_tokens += snap.prefill_tokens
-        total.prefill_seconds += snap.prefill_seconds
-        total.generate_tokens += snap.generate_tokens
-        total.generate_seconds += snap.generate_seconds
-        total.memory_mb = max(total.memory_mb, snap.runtime_memory_mb)
-        total.queued += snap.queue_depth
-        total.active += snap.active_runs
+    total = _Counts()
+    for counts in _groups().values():
+        total.fold(counts, gauges=True)
     return total.snapshot()
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Collector:
+    """A prometheus-client collector over every label set (see :func:`render_prometheus`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        # Imported here so that importing rkllm_sdk does not import prometheus_client.
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            SummaryMetricFamily,
+        )
+
+        labels = ["model", "abi"]
+        calls = CounterMetricFamily(
+            "rkllm_calls", "Finished calls by result.", labels=[*labels, "result"]
+        )
+        run = SummaryMetricFamily("rkllm_run_seconds", "Wall time of runs.", labels=labels)
+        ttft = SummaryMetricFamily(
+            "rkllm_ttft_seconds", "Time to first token of runs with a token.", labels=labels
+        )
+        prefill = CounterMetricFamily(
+            "rkllm_prefill_tokens", "Prefill tokens computed.", labels=labels
+        )
+        prefill_s = CounterMetricFamily(
+            "rkllm_prefill_seconds", "Runtime prefill time.", labels=labels
+        )
+        generated = CounterMetricFamily(
+            "rkllm_generated_tokens", "Tokens generated.", labels=labels
+        )
+        generate_s = CounterMetricFamily(
+            "rkllm_generate_seconds", "Runtime decode time.", labels=labels
+        )
+        memory = GaugeMetricFamily(
+            "rkllm_runtime_memory_megabytes", "Runtime peak memory (VmHWM).", labels=labels
+        )
+        queue = GaugeMetricFamily(
+            "rkllm_queue_depth", "Callers waiting for a handle.", labels=labels
+        )
+        active = GaugeMetricFamily("rkllm_active_runs", "Runs in progress.", labels=labels)
+        for (model, abi), c in sorted(_groups().items()):
+            values = [model, abi]
+            calls.add_metric([*values, "ok"], c.ok)
+            for error, count in sorted(c.failures.items()):
+                calls.add_metric([*values, error], count)
+            run.add_metric(values, c.ok + sum(c.failures.values()), c.run_seconds)
+            ttft.add_metric(values, c.ttft_count, c.ttft_seconds)
+            prefill.add_metric(values, c.prefill_tokens)
+            prefill_s.add_metric(values, c.prefill_seconds)
+            generated.add_metric(values, c.generate_tokens)
+            generate_s.add_metric(values, c.generate_seconds)
+            memory.add_metric(values, c.memory_mb)
+            queue.add_metric(values, c.queued)
+            active.add_metric(values, c.active)
+        yield from (calls, run, ttft, prefill, prefill_s, generated, generate_s)
+        yield from (memory, queue, active)
+        yield GaugeMetricFamily(
+            "rkllm_process_resident_megabytes", "Resident memory of this process.", _rss_mb()
+        )
 
 
 def render_prometheus() -> str:
-    """Every handle's metrics in the Prometheus text exposition format (version 0.0.4)."""
-    series: dict[str, tuple[str, str, list[str]]] = {}
+    """Every handle's metrics in the Prometheus text exposition format (version 0.0.4).
 
-    def add(name: str, kind: str, help_text: str, labels: str, value: float) -> None:
-        series.setdefault(name, (kind, help_text, []))[2].append(f"{name}{{{labels}}} {value:g}")
+    One series per ``(model, abi)`` label set, live and closed handles of that set summed;
+    written by prometheus-client from a private registry (the global one is left alone).
 
-    for model, abi, rec in _entries():
-        s = rec.snapshot()
-        base = f'model="{_label(model)}",abi="{abi}"'
-        add(
-            "rkllm_calls_total",
-            "counter",
-            "Finished calls by result.",
-            base + ',result="ok"',
-            s.calls_ok,
-        )
-        for error, count in sorted(s.failures.items()):
-            add(
-                "rkllm_calls_total",
-                "counter",
-                "Finished calls by result.",
-                base + f',result="{_label(error)}"',
-                count,
-            )
-        add("rkllm_run_seconds_sum", "counter", "Wall time of runs.", base, s.run_seconds_total)
-        add("rkllm_run_seconds_count", "counter", "Runs timed.", base, s.calls_total)
-        add(
-            "rkllm_ttft_seconds_sum",
-            "counter",
-            "Time to first token, summed.",
-            base,
-            s.ttft_seconds_total,
-        )
-        add("rkllm_ttft_seconds_count", "counter", "Runs with a first token.", base, s.ttft_count)
-        add(
-            "rkllm_prefill_tokens_total",
-            "counter",
-            "Prefill tokens computed.",
-            base,
-            s.prefill_tokens,
-        )
-        add("rkllm_generated_tokens_total", "counter", "Tokens generated.", base, s.generate_tokens)
-        add(
-            "rkllm_generate_seconds_total",
-            "counter",
-            "Runtime decode time.",
-            base,
-            s.generate_seconds,
-        )
-        add(
-            "rkllm_runtime_memory_megabytes",
-            "gauge",
-            "Runtime peak memory (VmHWM).",
-            base,
-            s.runtime_memory_mb,
-        )
-        add("rkllm_queue_depth", "gauge", "Callers waiting for the handle.", base, s.queue_depth)
-        add("rkllm_active_runs", "gauge", "Runs in progress.", base, s.active_runs)
-    lines = []
-    for name, (kind, help_text, samples) in series.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-    lines += [
-        "# HELP rkllm_process_resident_megabytes Resident memory of this process.",
-        "# TYPE rkllm_process_resident_megabytes gauge",
-        f"rkllm_process_resident_megabytes {_rss_mb():g}",
-    ]
-    return "\n".join(lines) + "\n"
+    ============================================  =========  ================================
+    metric                                        type       labels
+    ============================================  =========  ================================
+    ``rkllm_calls_total``                         counter    model, abi, result (ok / error)
+    ``rkllm_run_seconds_sum`` / ``_count``        summary    model, abi
+    ``rkllm_ttft_seconds_sum`` / ``_count``       summary    model, abi
+    ``rkllm_prefill_tokens_total``                counter    model, abi
+    ``rkllm_prefill_seconds_total``               counter    model, abi
+    ``rkllm_generated_tokens_total``              counter    model, abi
+    ``rkllm_generate_seconds_total``              counter    model, abi
+    ``rkllm_runtime_memory_megabytes``            gauge      model, abi
+    ``rkllm_queue_depth``                         gauge      model, abi
+    ``rkllm_active_runs``                         gauge      model, abi
+    ``rkllm_process_resident_megabytes``          gauge      (none)
+    ============================================  =========  ================================
+    """
+    # Imported here so that importing rkllm_sdk does not import prometheus_client.
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    return generate_latest(registry).decode("utf-8")

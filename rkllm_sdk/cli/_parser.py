@@ -1,0 +1,103 @@
+"""The ``rkllm`` argument parser: the commands, their options and help texts."""
+
+from __future__ import annotations
+
+import argparse
+
+from .bench import cmd_bench
+from .chat import CHAT_HELP, cmd_chat
+from .doctor import cmd_doctor
+from .run import cmd_run
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    """``--model``, ``--runtime`` and ``--abi``: every command takes them."""
+    p.add_argument("--model", metavar="PATH", help=model_help)
+    p.add_argument(
+        "--runtime",
+        metavar="PATH|fake",
+        help="librkllmrt.so to load, or 'fake' for the bundled emulator "
+        "(default: RKLLM_RUNTIME, then the system's library)",
+    )
+    p.add_argument(
+        "--abi", choices=["1.2", "1.3"], help="runtime ABI (default: detected from the library)"
+    )
+
+
+def _generation(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that generate from a prompt (``run``, ``chat``)."""
+    _common(p, model_help="the .rkllm model (on the fake runtime: its demo model by default)")
+    p.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="stop after N tokens")
+    p.add_argument("--system", metavar="TEXT", help="system prompt")
+    p.add_argument("--thinking", action="store_true", help="let a thinking model think")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rkllm`` argument parser; each command's ``func`` runs it and returns the code."""
+    from .. import __version__  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog="rkllm",
+        description="Run LLMs on Rockchip NPUs (RKLLM runtime), or on the bundled fake "
+        "runtime when there is no board.",
+        epilog="Without --runtime and --model, and with no runtime installed, commands run "
+        "on the bundled fake runtime and its demo model. Environment: RKLLM_RUNTIME, "
+        "RKLLM_ABI.",
+    )
+    parser.add_argument("--version", action="version", version=f"rkllm-sdk {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "doctor",
+        help="check the runtime, NPU driver, platform and a model file",
+        description="Report which runtime, ABI, NPU driver and platform the SDK would use. "
+        "Exit code 1 when something is broken.",
+    )
+    _common(p, model_help="also check this model file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "run",
+        help="stream a reply to one prompt",
+        description="Stream the model's reply to PROMPT, then print a summary line "
+        "(time to first token, prefill and decode rates, memory). Ctrl-C aborts the "
+        "generation on the NPU.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the user message")
+    _generation(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "chat",
+        help="an interactive chat",
+        description="Chat with the model; the history stays in the KV cache. " + CHAT_HELP,
+    )
+    _generation(p)
+    p.add_argument("--tools", metavar="FILE", help="OpenAI-style tool definitions (JSON)")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure TTFT, prefill and decode rates, and memory",
+        description="Run a fixed prompt several times (after one warm-up run) and report "
+        "median, min and max of each figure.",
+    )
+    _common(p, model_help="the .rkllm model (on the fake runtime: its demo model by default)")
+    p.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N")
+    p.add_argument("--new-tokens", type=_positive_int, default=64, metavar="N")
+    p.add_argument("--runs", type=_positive_int, default=5, metavar="N")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_bench, max_new_tokens=None)
+    return parser

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from .results import PerfStats
+from .models import PerfStats
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

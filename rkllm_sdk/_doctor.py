@@ -144,6 +144,11 @@ class _RuntimeFindings:
 
 
 def _read_text(path: str) -> str | None:
+    """The text of a board file, None when it is missing or unreadable.
+
+    Every board file (driver version, device tree) is read through here, so tests can
+    simulate a board by substituting this one function.
+    """
     try:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import rkllm_sdk as rk
+from rkllm_sdk import _native as native
+from rkllm_sdk import models
 from rkllm_sdk._ffi import ffi_for
 from rkllm_sdk._ffi.loader import Runtime
 
@@ -102,9 +104,9 @@ def test_enums_match_the_c_declarations(abi: str) -> None:
     """IntEnum values equal the C enum constants of both ABIs."""
     ffi = ffi_for(abi)
     for enum, ctype, prefix in (
-        (rk.CallState, "LLMCallState", "RKLLM_RUN_"),
-        (rk.InputType, "RKLLMInputType", "RKLLM_INPUT_"),
-        (rk.InferMode, "RKLLMInferMode", "RKLLM_INFER_"),
+        (models.CallState, "LLMCallState", "RKLLM_RUN_"),
+        (models.InputType, "RKLLMInputType", "RKLLM_INPUT_"),
+        (models.InferMode, "RKLLMInferMode", "RKLLM_INFER_"),
     ):
         c = ffi.typeof(ctype).relements
         assert {prefix + m.name: m.value for m in enum} == c
@@ -125,8 +127,8 @@ def test_perf_rates() -> None:
 
 
 def test_defaults_are_read_from_the_runtime(rt: Runtime) -> None:
-    """ModelParams.defaults() returns what rkllm_createDefaultParam gives, every field set."""
-    d = rk.ModelParams.defaults(rt)
+    """default_params() returns what rkllm_createDefaultParam gives, every field set."""
+    d = native.default_params(rt)
     assert (d.max_context_len, d.max_new_tokens, d.top_k, d.n_keep) == (512, -1, 1, 0)
     assert (d.top_p, d.temperature, d.repeat_penalty, d.mirostat_eta) == (0.9, 0.8, 1.1, 0.1)
     assert d.extend == rk.ExtendParams(

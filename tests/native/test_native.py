@@ -12,6 +12,7 @@ import pytest
 
 import rkllm_sdk as rk
 from rkllm_sdk import _native as native
+from rkllm_sdk import models
 from rkllm_sdk._ffi.loader import Runtime
 
 from ..conftest import ModelFactory
@@ -23,12 +24,12 @@ def open_handle(
     rt: Runtime, model: Path, params: rk.ModelParams | None = None, rec: Recorder | None = None
 ) -> tuple[native.NativeHandle, Recorder]:
     n_batch = (params.extend.n_batch if params else None) or 1
-    rec = rec or Recorder(rt, n_batch)
-    return native.init(rt, model, params or rk.ModelParams(), rec.callback), rec
+    return native.init(rt, model, params or rk.ModelParams()), rec or Recorder(rt, n_batch)
 
 
 @pytest.fixture
 def handle(rt: Runtime, model: ModelFactory):  # type: ignore[no-untyped-def]
+    """An open handle on a default fake model and a recorder; destroyed afterwards."""
     h, rec = open_handle(rt, model())
     yield h, rec
     native.destroy(h)
@@ -60,44 +61,41 @@ def test_init_failure_is_a_model_load_error(rt: Runtime, tmp_path: Path) -> None
     """A file the runtime refuses: ModelLoadError carrying the return code and the path."""
     bad = tmp_path / "model.rkllm"
     bad.write_bytes(b"\x00binary")
-    rec = Recorder(rt)
     with pytest.raises(rk.ModelLoadError, match=re.escape(repr(str(bad)))) as info:
-        native.init(rt, bad, rk.ModelParams(), rec.callback)
+        native.init(rt, bad, rk.ModelParams())
     assert info.value.code == -1
 
 
 def test_strings_are_checked_before_the_call(rt: Runtime, model: ModelFactory) -> None:
     """NUL bytes and lone surrogates are refused before anything reaches C."""
-    rec = Recorder(rt)
     with pytest.raises(rk.InvalidParamsError, match="model_path contains a NUL"):
-        native.init(rt, "model\x00.rkllm", rk.ModelParams(), rec.callback)
+        native.init(rt, "model\x00.rkllm", rk.ModelParams())
     h, rec = open_handle(rt, model())
     try:
         with pytest.raises(rk.InvalidParamsError, match="prompt is not valid Unicode"):
-            native.run(h, rk.Prompt(text="bad \udc80 text"))
+            rec.run(h, rk.Prompt(text="bad \udc80 text"))
         with pytest.raises(rk.InvalidParamsError, match="NUL"):
             native.set_chat_template(h, "sys\x00", "", "")
-        assert rec.events == []
+        assert rec.states == []
     finally:
         native.destroy(h)
 
 
 def test_abi_only_params_are_refused_on_the_other_abi(rt: Runtime, model: ModelFactory) -> None:
     """ignore_eos_token is 1.3-only, img_* are 1.2-only: refused, never dropped."""
-    rec = Recorder(rt)
     wrong = (
         rk.ModelParams(img_start="<i>")
         if rt.abi == "1.3"
         else rk.ModelParams(ignore_eos_token=True)
     )
     with pytest.raises(rk.UnsupportedOnABIError, match="exists only in runtime ABI"):
-        native.init(rt, model(), wrong, rec.callback)
+        native.init(rt, model(), wrong)
     right = (
         rk.ModelParams(ignore_eos_token=True)
         if rt.abi == "1.3"
         else rk.ModelParams(img_start="<i>")
     )
-    h, _ = open_handle(rt, model(), right, rec)
+    h, _ = open_handle(rt, model(), right)
     native.destroy(h)
 
 
@@ -125,12 +123,11 @@ def test_destroy_is_idempotent_and_closes(rt: Runtime, model: ModelFactory) -> N
 def test_prompt_run_streams_and_finishes(handle: tuple[native.NativeHandle, Recorder]) -> None:
     """A run delivers token results then FINISH with PerfStats."""
     h, rec = handle
-    native.run(h, rk.Prompt(text="hello", role="user"))
-    states = [s for s, _ in rec.events]
-    assert states[-1] == rk.CallState.FINISH
-    perf = rec.events[-1][1][0].perf
+    rec.run(h, rk.Prompt(text="hello", role="user"))
+    assert rec.states[-1] == models.CallState.FINISH
+    (perf,) = rec.perf
     assert isinstance(perf, rk.PerfStats)
-    assert perf.generate_tokens == len(states) - 1
+    assert perf.generate_tokens == len(rec.states) - 1
     assert rec.text()
 
 
@@ -140,12 +137,11 @@ def test_token_and_embedding_inputs_arrive_intact(
     """Arrays reach C unchanged: the fake names their checksums."""
     h, rec = handle
     ids = rk.TokenInput(ids=[3, 1, 4, 1, 5])
-    native.run(h, ids)
+    rec.run(h, ids)
     assert rec.text().startswith(f"[tokens n=5 fnv={fnv1a(ids.ids)}] ")
-    rec.clear()
     rows = np.linspace(-1, 1, 3 * 16).reshape(3, 16)  # float64: converted to float32
     emb = rk.EmbedInput(embeddings=rows)
-    native.run(h, emb)
+    rec.run(h, emb)
     assert rec.text().startswith(f"[embed n=3x16 fnv={fnv1a(rows.astype(np.float32))}] ")
 
 
@@ -154,7 +150,7 @@ def test_multimodal_image_both_abis(handle: tuple[native.NativeHandle, Recorder]
     h, rec = handle
     image = np.arange(2 * 3 * 16, dtype=np.float32).reshape(2, 3, 16)
     markers = {"start": "<I>", "end": "</I>"} if h.runtime.abi == "1.3" else {}
-    native.run(
+    rec.run(
         h,
         rk.MultimodalInput(prompt="see <image>", image=rk.ImageInput(embeddings=image, **markers)),
     )
@@ -172,24 +168,24 @@ def test_video_and_image_markers_are_abi_checked(
     marked = rk.ImageInput(embeddings=np.ones((1, 2, 16), np.float32), start="<I>")
     if h.runtime.abi == "1.2":
         with pytest.raises(rk.UnsupportedOnABIError, match="video input"):
-            native.run(h, rk.MultimodalInput(prompt="x", video=video))
+            rec.run(h, rk.MultimodalInput(prompt="x", video=video))
         with pytest.raises(rk.UnsupportedOnABIError, match="img_start"):
-            native.run(h, rk.MultimodalInput(prompt="x", image=marked))
-        assert rec.events == []
+            rec.run(h, rk.MultimodalInput(prompt="x", image=marked))
+        assert rec.states == []
     else:
-        native.run(h, rk.MultimodalInput(prompt="x <video>", video=video))
+        rec.run(h, rk.MultimodalInput(prompt="x <video>", video=video))
         assert f"[video n=1x2x3x16 fnv={fnv1a(video.embeddings)}] " in rec.text()
 
 
 def test_per_run_options_are_abi_checked(handle: tuple[native.NativeHandle, Recorder]) -> None:
     """Sampling and max_new_tokens per run exist on 1.3; missing sampling fields come from init."""
     h, _ = handle
-    opts = rk.InferOptions(sampling=rk.Sampling(temperature=0.3), max_new_tokens=2)
+    opts = models.InferOptions(sampling=rk.Sampling(temperature=0.3), max_new_tokens=2)
     if h.runtime.abi == "1.2":
         with pytest.raises(rk.UnsupportedOnABIError, match="per-run sampling"):
             native.run(h, rk.Prompt(text="x"), opts)
         with pytest.raises(rk.UnsupportedOnABIError, match="per-run max_new_tokens"):
-            native.run(h, rk.Prompt(text="x"), rk.InferOptions(max_new_tokens=2))
+            native.run(h, rk.Prompt(text="x"), models.InferOptions(max_new_tokens=2))
         return
     native.run(h, rk.Prompt(text="x"), opts)
     info = native.fake_last_input(h)
@@ -201,16 +197,17 @@ def test_per_run_options_are_abi_checked(handle: tuple[native.NativeHandle, Reco
 def test_modes_return_copied_arrays(handle: tuple[native.NativeHandle, Recorder]) -> None:
     """Logits come back as float32 numpy copies, intact after the fake poisons its buffer."""
     h, rec = handle
-    native.run(h, rk.TokenInput(ids=[1, 2, 3]), rk.InferOptions(mode=rk.InferMode.GET_LOGITS))
-    logits = rec.events[0][1][0].logits
+    rec.run(h, rk.TokenInput(ids=[1, 2, 3]), models.InferOptions(mode=models.InferMode.GET_LOGITS))
+    logits = rec.arrays[0]
     assert logits is not None
     assert logits.dtype == np.float32
     np.testing.assert_array_equal(logits, logits_formula(0, 3, 4096))
-    rec.clear()
-    native.run(
-        h, rk.TokenInput(ids=[1, 2]), rk.InferOptions(mode=rk.InferMode.GET_LAST_HIDDEN_LAYER)
+    rec.run(
+        h,
+        rk.TokenInput(ids=[1, 2]),
+        models.InferOptions(mode=models.InferMode.GET_LAST_HIDDEN_LAYER),
     )
-    hidden = rec.events[0][1][0].hidden_states
+    hidden = rec.arrays[0]
     assert hidden is not None
     assert hidden.shape == (2, 16)
 
@@ -237,8 +234,8 @@ def test_batches_need_one_input_per_batch(rt: Runtime, model: ModelFactory) -> N
     try:
         with pytest.raises(rk.InvalidParamsError, match="batches of 2 inputs, got 1"):
             native.run(h, rk.Prompt(text="a"))
-        native.run(
-            h, [rk.Prompt(text="a"), rk.Prompt(text="b")], rk.InferOptions(keep_history=True)
+        rec.run(
+            h, [rk.Prompt(text="a"), rk.Prompt(text="b")], models.InferOptions(keep_history=True)
         )
         assert (rec.text(0), rec.text(1)) == ("A", "BB")
         assert len(native.kv_cache_size(h)) == 2
@@ -250,12 +247,14 @@ def test_run_async_keepalive_and_abort(rt: Runtime, model: ModelFactory) -> None
     """run_async returns at once; the keepalive holds the inputs; abort ends the run."""
     h, rec = open_handle(rt, model(faults="hang_after=1"))
     try:
-        keep = native.run_async(h, rk.TokenInput(ids=np.arange(50, dtype=np.int32)))
+        keep = native.run_async(
+            h, rk.TokenInput(ids=np.arange(50, dtype=np.int32)), channel=rec.channel
+        )
         gc.collect()
         assert native.is_running(h)
         native.abort(h)
-        assert rec.done.wait(10)
-        assert rec.events[-1][0] == rk.CallState.FINISH
+        assert rec.wait(10)
+        assert rec.states[-1] == models.CallState.FINISH
         del keep
         while native.is_running(h):
             pass
@@ -270,7 +269,7 @@ def test_run_async_keepalive_and_abort(rt: Runtime, model: ModelFactory) -> None
 def test_kv_cache_size_and_clear(handle: tuple[native.NativeHandle, Recorder]) -> None:
     """Sizes come back as a list; full clears work; ranges are validated first."""
     h, _ = handle
-    native.run(h, rk.Prompt(text="hello"), rk.InferOptions(keep_history=True))
+    native.run(h, rk.Prompt(text="hello"), models.InferOptions(keep_history=True))
     (n,) = native.kv_cache_size(h)
     assert n > 0
     with pytest.raises(rk.InvalidParamsError, match="0 <= start <= end"):
@@ -292,10 +291,10 @@ def test_lora_adapters(handle: tuple[native.NativeHandle, Recorder], tmp_path: P
         native.load_lora(h, rk.LoraAdapter(path=tmp_path / "missing", name="x"))
     (tmp_path / "a.rkllm").write_bytes(b"lora")
     native.load_lora(h, rk.LoraAdapter(path=tmp_path / "a.rkllm", name="style", scale=0.5))
-    native.run(h, rk.Prompt(text="x"), rk.InferOptions(lora="style"))
+    native.run(h, rk.Prompt(text="x"), models.InferOptions(lora="style"))
     assert native.fake_last_input(h)["lora"] == {"name": "style", "scale": 0.5}
     with pytest.raises(rk.GenerationError):
-        native.run(h, rk.Prompt(text="x"), rk.InferOptions(lora="unknown"))
+        native.run(h, rk.Prompt(text="x"), models.InferOptions(lora="unknown"))
 
 
 def test_prompt_cache_round_trip(
@@ -305,15 +304,15 @@ def test_prompt_cache_round_trip(
     h, rec = handle
     path = tmp_path / "p.cache"
     text = "a long shared system preamble for every request " * 4
-    native.run(
-        h, rk.Prompt(text=text + "one"), rk.InferOptions(prompt_cache=rk.PromptCache(path=path))
+    rec.run(
+        h,
+        rk.Prompt(text=text + "one"),
+        models.InferOptions(prompt_cache=models.PromptCache(path=path)),
     )
-    full = rec.events[-1][1][0].perf
+    (full,) = rec.perf
     native.load_prompt_cache(h, path)
-    rec.clear()
-    native.run(h, rk.Prompt(text=text + "two"))
-    reused = rec.events[-1][1][0].perf
-    assert full is not None and reused is not None
+    rec.run(h, rk.Prompt(text=text + "two"))
+    (reused,) = rec.perf
     assert reused.prefill_tokens < full.prefill_tokens / 4
     native.release_prompt_cache(h)
     with pytest.raises(rk.NativeCallError, match="rkllm_load_prompt_cache"):
@@ -340,8 +339,7 @@ def test_chat_template_and_function_tools(handle: tuple[native.NativeHandle, Rec
         }
     ]
     native.set_function_tools(h, "You control a home.", tools)
-    rec.clear()
-    native.run(h, rk.Prompt(text="lights_on please"))
+    rec.run(h, rk.Prompt(text="lights_on please"))
     call = re.search(r"<tool_call>\n(.*)\n</tool_call>", rec.text())
     assert call is not None
     assert json.loads(call.group(1)) == {"name": "lights_on", "arguments": {"room": "hall"}}
@@ -368,11 +366,10 @@ def test_cross_attention_arrays_stay_alive(rt: Runtime, model: ModelFactory) -> 
             ),
         )
         gc.collect()  # the caller dropped its CrossAttention: the handle still holds the arrays
-        native.run(h, rk.Prompt(text="x"))
+        rec.run(h, rk.Prompt(text="x"))
         assert rec.text().startswith(f"[cross n=3 fnv={expected}] ")
         native.set_cross_attention(h, None)
-        rec.clear()
-        native.run(h, rk.Prompt(text="x"))
+        rec.run(h, rk.Prompt(text="x"))
         assert "[cross" not in rec.text()
     finally:
         native.destroy(h)
@@ -400,32 +397,157 @@ def test_optional_symbols_are_probed_not_required(
         native.print_memorys(h)
 
 
-def test_tokenizer_and_embedding_callbacks_on_13(rt: Runtime, model: ModelFactory) -> None:
-    """1.3 takes tokenizer / embedding callbacks (with userdata); 1.2 refuses them by name."""
-    calls: list[int] = []
+# ---- runtime 1.3 tokenizer / embedder callables ------------------------------------------
 
-    def tokenize(ud: object, text: object, n: int, tokens: object, cap: int) -> int:
-        calls.append(int(rt.ffi.cast("intptr_t", ud)))
-        tokens[0] = 7  # type: ignore[index]
-        return 1
 
-    rec = Recorder(rt)
+def test_tokenizer_and_embedder_callables_on_13(rt: Runtime, model: ModelFactory) -> None:
+    """init() turns Python callables into 1.3 callbacks the runtime uses; 1.2 refuses them."""
     if rt.abi == "1.2":  # 1.2 has no such callback type: refused before any C is touched
-        with pytest.raises(rk.UnsupportedOnABIError, match="tokenizer / embedding callbacks"):
-            native.init(rt, model(), rk.ModelParams(), rec.callback, tokenizer_callback=tokenize)
+        with pytest.raises(rk.UnsupportedOnABIError, match="tokenizer callbacks"):
+            native.init(rt, model(), rk.ModelParams(), tokenizer=lambda text: [7])
+        with pytest.raises(rk.UnsupportedOnABIError, match="embedding callbacks"):
+            native.init(rt, model(), rk.ModelParams(), embedder=lambda ids: ids)
         return
-    tok = rt.ffi.callback("LLMTokenizerCallback", tokenize)
+    texts: list[str] = []
+    embedded: list[int] = []
+
+    def tokenize(text: str) -> list[int]:
+        texts.append(text)
+        return [7, 8]
+
+    def embed(ids: np.ndarray) -> np.ndarray:
+        embedded.append(len(ids))
+        return np.repeat(ids.astype(np.float32)[:, None], 8, axis=1)
+
+    path = model(internal_tokenizer=False, internal_embedding=False, hidden_size=8)
+    h = native.init(rt, path, rk.ModelParams(), tokenizer=tokenize, embedder=embed)
+    rec = Recorder(rt)
+    try:
+        gc.collect()  # the handle, not the caller, keeps the cffi callbacks alive
+        rec.run(h, rk.Prompt(text="hello"))
+        assert any("hello" in t for t in texts)
+        assert embedded[0] == 2
+        assert rec.text().startswith(f"[tokenizer n=2 fnv={fnv1a(np.array([7, 8], np.int32))}] ")
+        assert h.callback_errors == []
+    finally:
+        native.destroy(h)
+
+
+def test_callable_exceptions_land_in_callback_errors(rt: Runtime, model: ModelFactory) -> None:
+    """An exception in the tokenizer fails the run and is kept, in order, on the handle."""
+    if rt.abi == "1.2":
+        pytest.skip("tokenizer callbacks are runtime 1.3")
+
+    def broken(text: str) -> list[int]:
+        raise KeyError("no vocabulary")
+
+    h = native.init(rt, model(internal_tokenizer=False), rk.ModelParams(), tokenizer=broken)
+    rec = Recorder(rt)
+    try:
+        with pytest.raises(rk.GenerationError):
+            rec.run(h, rk.Prompt(text="x"))
+        assert rec.wait(0) and rec.states[-1] == models.CallState.ERROR
+        (error,) = h.callback_errors
+        assert isinstance(error, KeyError)
+    finally:
+        native.destroy(h)
+
+
+def test_tokenizer_giving_too_many_tokens_is_an_error(rt: Runtime, model: ModelFactory) -> None:
+    """A tokenizer returning more ids than the runtime's buffer holds fails the run, not C."""
+    if rt.abi == "1.2":
+        pytest.skip("tokenizer callbacks are runtime 1.3")
     h = native.init(
         rt,
         model(internal_tokenizer=False),
         rk.ModelParams(),
-        rec.callback,
-        tokenizer_callback=tok,
-        tokenizer_userdata=rt.ffi.cast("void*", 42),
+        tokenizer=lambda text: list(range(100_000)),
     )
     try:
-        native.run(h, rk.Prompt(text="hello"))
-        assert calls == [42]
-        assert rec.text().startswith(f"[tokenizer n=1 fnv={fnv1a(np.array([7], np.int32))}] ")
+        with pytest.raises(rk.GenerationError):
+            native.run(h, rk.Prompt(text="x"))
+        (error,) = h.callback_errors
+        assert isinstance(error, rk.InvalidParamsError)
     finally:
         native.destroy(h)
+
+
+# ---- runs through a channel --------------------------------------------------------------
+
+
+def test_run_prepared_delivers_into_the_channel(
+    handle: tuple[native.NativeHandle, Recorder],
+) -> None:
+    """prepare_run then run_prepared(h, prepared, channel): the channel gets the whole run."""
+    h, rec = handle
+    prepared = native.prepare_run(h, rk.TokenInput(ids=[3, 1, 4]), models.InferOptions())
+    native.run_prepared(h, prepared, rec.channel)
+    rec.channel.set_done(0)
+    assert rec.wait(0)
+    assert rec.text().startswith(f"[tokens n=3 fnv={fnv1a(np.array([3, 1, 4], np.int32))}] ")
+    assert rec.states[-1] == models.CallState.FINISH
+
+
+def test_run_prepared_checks_the_channel(
+    rt: Runtime, handle: tuple[native.NativeHandle, Recorder]
+) -> None:
+    """A channel of another batch size, or a freed one, is refused before rkllm_run."""
+    h, _ = handle
+    started = native.fake_stats(rt)["runs_started"]
+    prepared = native.prepare_run(h, rk.Prompt(text="x"), models.InferOptions())
+    wide = Recorder(rt, n_batch=2)
+    with pytest.raises(rk.InvalidParamsError, match="batches of 2"):
+        native.run_prepared(h, prepared, wide.channel)
+    gone = native.Channel(rt, 1)
+    gone.free()
+    with pytest.raises(rk.ClosedError, match="channel is freed"):
+        native.run_prepared(h, prepared, gone)
+    assert native.fake_stats(rt)["runs_started"] == started
+
+
+def test_run_without_a_channel_drops_results(
+    rt: Runtime, handle: tuple[native.NativeHandle, Recorder]
+) -> None:
+    """Without a channel the bridge callback gets NULL userdata and the run still completes."""
+    h, _ = handle
+    before = native.fake_stats(rt)["runs_finished"]
+    native.run(h, rk.Prompt(text="x"))
+    assert native.fake_stats(rt)["runs_finished"] == before + 1
+
+
+def test_read_results_copies_inside_a_python_callback(rt: Runtime, model: ModelFactory) -> None:
+    """Hazmat: read_results copies text, ids, arrays and perf out of a raw RKLLMResult*."""
+    ffi, lib = rt.ffi, rt.lib
+    seen: list[tuple[models.CallState, list[models.Result]]] = []
+
+    def on_result(result: object, _ud: object, state: int) -> int:
+        st = models.CallState(state)
+        seen.append((st, native.read_results(rt, result, 1, st)))
+        return 0
+
+    callback = ffi.callback("LLMResultCallback", on_result)
+    p = ffi.new("RKLLMParam*", lib.rkllm_createDefaultParam())
+    path = ffi.new("char[]", str(model()).encode())
+    p.model_path = path
+    handle = ffi.new("LLMHandle*")
+    if rt.abi == "1.2":
+        assert lib.rkllm_init(handle, p, callback) == 0
+    else:
+        cb = ffi.new("RKLLMCallback*")
+        cb.result_callback = callback
+        assert lib.rkllm_init(handle, p, cb) == 0
+    try:
+        ids = ffi.new("int32_t[]", [1, 2, 3])
+        inp = ffi.new("RKLLMInput*")
+        inp.input_type = models.InputType.TOKEN
+        inp.token_input.input_ids = ids
+        inp.token_input.n_tokens = 3
+        infer = ffi.new("RKLLMInferParam*")
+        infer.mode = models.InferMode.GET_LOGITS
+        assert lib.rkllm_run(handle[0], inp, infer, ffi.NULL) == 0
+    finally:
+        assert lib.rkllm_destroy(handle[0]) == 0
+    (first,) = seen[0][1]
+    assert first.logits is not None
+    np.testing.assert_array_equal(first.logits, logits_formula(0, 3, 4096))
+    assert seen[-1][0] == models.CallState.FINISH and seen[-1][1][0].perf is not None

@@ -1,0 +1,67 @@
+"""Helpers every wrapper shares: strings to C, return-code checks, ABI and symbol checks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .._ffi.loader import Runtime
+from ..errors import GenerationError, InvalidParamsError, NativeCallError, UnsupportedOnABIError
+
+# Any below: cdata (structs, arrays, pointers) has dynamic fields that no static type describes.
+
+
+def encode(value: str | os.PathLike[str], what: str) -> bytes:
+    """UTF-8 bytes of a str or path, refusing NUL characters and lone surrogates."""
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise InvalidParamsError(f"{what} must be a str, got {type(value).__name__}")
+    if "\x00" in text:
+        raise InvalidParamsError(f"{what} contains a NUL character")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise InvalidParamsError(f"{what} is not valid Unicode text ({exc.reason})") from None
+
+
+def cstr(rt: Runtime, keep: list[Any], value: str | os.PathLike[str] | None, what: str) -> Any:
+    """A ``char[]`` owned by ``keep`` (NULL for None)."""
+    if value is None:
+        return rt.ffi.NULL
+    buf = rt.ffi.new("char[]", encode(value, what))
+    keep.append(buf)
+    return buf
+
+
+def buffer(rt: Runtime, keep: list[Any], arr: np.ndarray[Any, Any], ctype: str) -> Any:
+    """A C view of a checked numpy array, no copy; ``keep`` owns the array and the view."""
+    keep.append(arr)
+    buf = rt.ffi.from_buffer(f"{ctype}[]", arr)
+    keep.append(buf)
+    return buf
+
+
+def check(
+    function: str, rc: int, error: type[NativeCallError | GenerationError] = NativeCallError
+) -> None:
+    """Raise ``error`` naming the function and its code when ``rc`` is not 0."""
+    if rc != 0:
+        raise error(f"{function} failed with return code {rc}", code=rc)
+
+
+def only_on(rt: Runtime, abi: str, what: str) -> None:
+    """Refuse ``what`` unless the runtime speaks ``abi``."""
+    if rt.abi != abi:
+        raise UnsupportedOnABIError(
+            f"{what} exists only in runtime ABI {abi}; "
+            f"this runtime ({rt.path.name}) is ABI {rt.abi}"
+        )
+
+
+def optional_symbol(rt: Runtime, name: str) -> Any:
+    """An undocumented or fake-only function, or NativeCallError when the library lacks it."""
+    if name not in rt.optional_symbols:
+        raise NativeCallError(f"this runtime ({rt.path.name}) does not export {name}")
+    return getattr(rt.lib, name)

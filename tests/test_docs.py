@@ -22,6 +22,7 @@ def documented() -> set[str]:
 
 
 def test_every_public_name_is_in_the_api_reference() -> None:
+    """Every public name of the package and its public modules has an API reference entry."""
     have = documented()
     public = {f"rkllm_sdk.{n}" for n in rk.__all__ if n != "__version__"}
     for module in (errors, lowlevel, metrics, testing):
@@ -47,6 +48,7 @@ def test_reference_names_exist() -> None:
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    """mkdocs build --strict succeeds and produces the reference pages."""
     r = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
         cwd=ROOT,

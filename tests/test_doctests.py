@@ -20,6 +20,7 @@ MODULES = sorted(
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
+    """Every runnable >>> example in a package module's docstrings gives the output it shows."""
     result = doctest.testmod(
         importlib.import_module(name), optionflags=doctest.ELLIPSIS, report=False
     )

@@ -101,6 +101,7 @@ def test_counters(rkllm_fake):
 
 
 def test_fixtures_cover_both_abis_and_backends(pytester: pytest.Pytester) -> None:
+    """The fixtures run each user test once per ABI, async ones on both asyncio and trio."""
     result = run(pytester, FEATURES, "-v")
     # 2 sync tests x 2 ABIs, 6 async tests x 2 ABIs x 2 anyio backends
     result.assert_outcomes(passed=2 * 2 + 6 * 2 * 2)
@@ -109,6 +110,7 @@ def test_fixtures_cover_both_abis_and_backends(pytester: pytest.Pytester) -> Non
 
 
 def test_abi_option_and_ini_narrow_the_runs(pytester: pytest.Pytester) -> None:
+    """--rkllm-abi and the rkllm_abi ini key narrow runs to one ABI; an unknown one is an error."""
     source = "def test_abi(rkllm_fake):\n    assert rkllm_fake.abi == '1.3'\n"
     run(pytester, source, "--rkllm-abi", "1.3").assert_outcomes(passed=1)
     pytester.makeini("[pytest]\nrkllm_abi = 1.3\n")
@@ -120,6 +122,7 @@ def test_abi_option_and_ini_narrow_the_runs(pytester: pytest.Pytester) -> None:
 
 
 def test_a_handle_left_open_fails_the_test(pytester: pytest.Pytester) -> None:
+    """A fake handle the test leaves open turns into an error at teardown, naming the leak."""
     source = """
 import pytest
 
@@ -133,6 +136,7 @@ async def test_forgets_to_close(rkllm_fake, rkllm_model):
 
 
 def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
+    """pytest --fixtures lists rkllm_fake, rkllm_model, rkllm_llm and rkllm_sync_llm."""
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
     for name in ("rkllm_fake", "rkllm_model", "rkllm_llm", "rkllm_sync_llm"):
         result.stdout.fnmatch_lines([f"{name}*"])
@@ -142,6 +146,7 @@ def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
 
 
 def test_fake_model_file(tmp_path: Path) -> None:
+    """FakeModel writes format, speeds, scripted replies (tool calls, thinking) and faults."""
     model = FakeModel(
         replies={"a": "b", "c": tool_call_reply("f", {"x": 1}, text=" ok", thinking="hm")},
         decode_ms=3,
@@ -163,6 +168,7 @@ def test_fake_model_file(tmp_path: Path) -> None:
 
 
 def test_run_input_parsing_and_array_matching() -> None:
+    """RunInput parses what the fake received; ReceivedArray matches by shape and checksum."""
     ids = np.array([1, 2, 3], dtype=np.int32)
     emb = np.ones((2, 4), dtype=np.float32)
     raw = {

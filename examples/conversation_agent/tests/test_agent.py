@@ -26,6 +26,7 @@ KITCHEN_ON = tool_call_reply("set_light", {"entity_id": "light.kitchen", "on": T
 
 
 async def test_switches_a_light_and_confirms(rkllm_fake: FakeRuntime) -> None:
+    """A tool call switches the light, its result returns as a tool turn, the reply is spoken."""
     home = Home()
     llm = await rkllm_fake.load(
         replies={
@@ -56,6 +57,7 @@ async def test_switches_a_light_and_confirms(rkllm_fake: FakeRuntime) -> None:
 async def test_answers_without_tools_and_sends_the_tools_to_the_model(
     rkllm_fake: FakeRuntime,
 ) -> None:
+    """A plain reply is spoken as is; the system prompt and both tools reach the template."""
     llm = await rkllm_fake.load(replies={"weather": "I can only switch lights."})
     agent = ConversationAgent(llm)
     try:
@@ -70,6 +72,7 @@ async def test_answers_without_tools_and_sends_the_tools_to_the_model(
 
 
 async def test_unknown_light_is_reported_to_the_model(rkllm_fake: FakeRuntime) -> None:
+    """A call for a light the home lacks changes nothing; its error goes back to the model."""
     home = Home()
     garage = tool_call_reply("set_light", {"entity_id": "light.garage", "on": True})
     llm = await rkllm_fake.load(
@@ -89,6 +92,7 @@ async def test_unknown_light_is_reported_to_the_model(rkllm_fake: FakeRuntime) -
 async def test_a_call_that_does_not_fit_the_schema_is_not_executed(
     rkllm_fake: FakeRuntime,
 ) -> None:
+    """A call missing a required argument is not executed; the schema error goes to the model."""
     home = Home()
     bad = tool_call_reply("set_light", {"entity_id": "light.kitchen"})  # "on" is missing
     llm = await rkllm_fake.load(replies={"kitchen": bad, "error": "Sorry, say that again?"})
@@ -103,6 +107,7 @@ async def test_a_call_that_does_not_fit_the_schema_is_not_executed(
 
 
 async def test_generation_failure_becomes_an_error_response(rkllm_fake: FakeRuntime) -> None:
+    """A runtime failure mid-generation is an unsuccessful response with its JSON-RPC code."""
     llm = await rkllm_fake.load(faults=Faults(error_after=2))
     agent = ConversationAgent(llm)
     try:
@@ -114,12 +119,14 @@ async def test_generation_failure_becomes_an_error_response(rkllm_fake: FakeRunt
 
 
 async def test_model_that_cannot_load_is_not_ready(rkllm_fake: FakeRuntime) -> None:
+    """async_setup on a model the runtime refuses to load raises NotReadyError."""
     path = rkllm_fake.model(faults=Faults(init_fail=-1))
     with pytest.raises(NotReadyError):
         await ConversationAgent.async_setup(path, runtime="fake", abi=rkllm_fake.abi)
 
 
 async def test_setup_and_close(rkllm_fake: FakeRuntime) -> None:
+    """async_setup loads the model and answers; async_close closes the handle."""
     path = rkllm_fake.model(replies={"hi": "Hello."})
     agent = await ConversationAgent.async_setup(path, runtime="fake", abi=rkllm_fake.abi)
     assert (await agent.async_process("hi")).speech == "Hello."
@@ -128,6 +135,7 @@ async def test_setup_and_close(rkllm_fake: FakeRuntime) -> None:
 
 
 async def test_cancelled_utterance_leaves_the_agent_usable(rkllm_fake: FakeRuntime) -> None:
+    """Cancelling an utterance aborts the run on the NPU and the agent answers the next one."""
     # A slow model that would talk for seconds; the caller gives up after 0.2 s.
     llm = await rkllm_fake.load(decode_ms=20, replies={"story": "Once " * 300, "quick": "Done."})
     agent = ConversationAgent(llm)
@@ -143,6 +151,7 @@ async def test_cancelled_utterance_leaves_the_agent_usable(rkllm_fake: FakeRunti
 
 
 async def test_a_model_that_keeps_calling_tools_is_stopped(rkllm_fake: FakeRuntime) -> None:
+    """A model calling tools on every turn is stopped after MAX_TOOL_ROUNDS, unsuccessfully."""
     # Every turn (the tool results included) asks for the tool again.
     llm = await rkllm_fake.load(replies={"kitchen": KITCHEN_ON})
     agent = ConversationAgent(llm)

@@ -491,21 +491,19 @@ def render_prometheus() -> str:
     One series per ``(model, abi)`` label set, live and closed handles of that set summed;
     written by prometheus-client from a private registry (the global one is left alone).
 
-    ============================================  =========  ================================
-    metric                                        type       labels
-    ============================================  =========  ================================
-    ``rkllm_calls_total``                         counter    model, abi, result (ok / error)
-    ``rkllm_run_seconds_sum`` / ``_count``        summary    model, abi
-    ``rkllm_ttft_seconds_sum`` / ``_count``       summary    model, abi
-    ``rkllm_prefill_tokens_total``                counter    model, abi
-    ``rkllm_prefill_seconds_total``               counter    model, abi
-    ``rkllm_generated_tokens_total``              counter    model, abi
-    ``rkllm_generate_seconds_total``              counter    model, abi
-    ``rkllm_runtime_memory_megabytes``            gauge      model, abi
-    ``rkllm_queue_depth``                         gauge      model, abi
-    ``rkllm_active_runs``                         gauge      model, abi
-    ``rkllm_process_resident_megabytes``          gauge      (none)
-    ============================================  =========  ================================
+    | metric                                  | type    | labels                       |
+    |-----------------------------------------|---------|------------------------------|
+    | `rkllm_calls_total`                     | counter | model, abi, result (ok/error)|
+    | `rkllm_run_seconds_sum` / `_count`      | summary | model, abi                   |
+    | `rkllm_ttft_seconds_sum` / `_count`     | summary | model, abi                   |
+    | `rkllm_prefill_tokens_total`            | counter | model, abi                   |
+    | `rkllm_prefill_seconds_total`           | counter | model, abi                   |
+    | `rkllm_generated_tokens_total`          | counter | model, abi                   |
+    | `rkllm_generate_seconds_total`          | counter | model, abi                   |
+    | `rkllm_runtime_memory_megabytes`        | gauge   | model, abi                   |
+    | `rkllm_queue_depth`                     | gauge   | model, abi                   |
+    | `rkllm_active_runs`                     | gauge   | model, abi                   |
+    | `rkllm_process_resident_megabytes`      | gauge   |                              |
     """
     # Imported here so that importing rkllm_sdk does not import prometheus_client.
     from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415

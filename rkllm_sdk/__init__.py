@@ -11,6 +11,8 @@ from ._doctor import DoctorReport as DoctorReport
 from ._doctor import ModelFileCheck as ModelFileCheck
 from ._doctor import Problem as Problem
 from ._doctor import doctor as doctor
+from ._handle import HandleInfo as HandleInfo
+from ._handle import open_handles as open_handles
 from .chat import ChatReply as ChatReply
 from .chat import ChatSession as ChatSession
 from .errors import AbortedError as AbortedError
@@ -28,35 +30,32 @@ from .errors import UnsupportedOnABIError as UnsupportedOnABIError
 from .errors import http_status as http_status
 from .errors import jsonrpc_code as jsonrpc_code
 from .llm import AsyncLLM as AsyncLLM
-from .llm import HandleInfo as HandleInfo
-from .llm import open_handles as open_handles
 from .metrics import MetricsSnapshot as MetricsSnapshot
-from .models import CallState as CallState
 from .models import CrossAttention as CrossAttention
 from .models import EmbedInput as EmbedInput
 from .models import ExtendParams as ExtendParams
 from .models import ImageInput as ImageInput
-from .models import InferMode as InferMode
-from .models import InferOptions as InferOptions
 from .models import Input as Input
-from .models import InputType as InputType
 from .models import LoraAdapter as LoraAdapter
 from .models import ModelParams as ModelParams
 from .models import MultimodalInput as MultimodalInput
-from .models import PerfStats as PerfStats
 from .models import Prompt as Prompt
-from .models import PromptCache as PromptCache
-from .models import Result as Result
 from .models import Sampling as Sampling
 from .models import TokenInput as TokenInput
 from .models import VideoInput as VideoInput
-from .stream import Chunk as Chunk
-from .stream import Generation as Generation
+from .options import RunOptions as RunOptions
+from .options import TurnOptions as TurnOptions
+from .results import Chunk as Chunk
+from .results import FinishReason as FinishReason
+from .results import Generation as Generation
+from .results import PerfStats as PerfStats
+from .results import RuntimeInfo as RuntimeInfo
+from .results import ToolCall as ToolCall
+from .stream import PromptLike as PromptLike
 from .stream import TokenStream as TokenStream
 from .sync import LLM as LLM
 from .sync import SyncChatSession as SyncChatSession
 from .sync import SyncTokenStream as SyncTokenStream
-from .tools import ToolCall as ToolCall
 from .tools import parse_tool_calls as parse_tool_calls
 from .tools import split_thinking as split_thinking
 from .tools import tool_schema as tool_schema
@@ -83,7 +82,6 @@ __all__ = [
     "ArrayTypeError",
     "AsyncLLM",
     "BusyError",
-    "CallState",
     "ChatReply",
     "ChatSession",
     "Chunk",
@@ -92,14 +90,12 @@ __all__ = [
     "DoctorReport",
     "EmbedInput",
     "ExtendParams",
+    "FinishReason",
     "Generation",
     "GenerationError",
     "HandleInfo",
     "ImageInput",
-    "InferMode",
-    "InferOptions",
     "Input",
-    "InputType",
     "InvalidParamsError",
     "LoraAdapter",
     "MetricsSnapshot",
@@ -111,9 +107,10 @@ __all__ = [
     "PerfStats",
     "Problem",
     "Prompt",
-    "PromptCache",
+    "PromptLike",
     "RKLLMError",
-    "Result",
+    "RunOptions",
+    "RuntimeInfo",
     "RuntimeNotFoundError",
     "RuntimeVersionError",
     "Sampling",
@@ -122,6 +119,7 @@ __all__ = [
     "TokenInput",
     "TokenStream",
     "ToolCall",
+    "TurnOptions",
     "UnsupportedOnABIError",
     "VideoInput",
     "__version__",

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Unpack
 
 import attrs
 
+from . import _native as native
+from ._handle import HandleCore
 from .errors import InvalidParamsError
-from .stream import Generation, TokenStream
-from .tools import ToolCall, ToolLike, parse_tool_calls, split_thinking, tool_dicts
-
-if TYPE_CHECKING:
-    from .llm import AsyncLLM
+from .options import TurnOptions
+from .results import FinishReason, Generation, ToolCall
+from .stream import TokenStream, open_stream
+from .tools import ToolLike, parse_tool_calls, split_thinking, tool_dicts
 
 __all__ = ["ChatReply", "ChatSession"]
 
@@ -51,7 +52,7 @@ class ChatReply:
     text: str
     thinking: str
     tool_calls: tuple[ToolCall, ...]
-    finish_reason: str
+    finish_reason: FinishReason
     generation: Generation
 
 
@@ -71,7 +72,7 @@ class ChatSession:
 
     def __init__(
         self,
-        llm: AsyncLLM,
+        core: HandleCore,
         *,
         system: str | None = None,
         tools: Sequence[ToolLike] = (),
@@ -79,7 +80,8 @@ class ChatSession:
         template: tuple[str, str, str] | None = None,
         tool_response_str: str = "tool_response",
     ) -> None:
-        self._llm = llm
+        """Internal: use ``llm.chat(...)``."""
+        self._core = core
         self.system = system
         self.tools = tool_dicts(tools)
         self.thinking = thinking
@@ -89,16 +91,20 @@ class ChatSession:
         self.turns: list[ChatReply] = []
 
     async def _configure(self) -> None:
+        # Runs inside the turn's hold on the handle, so nothing can run in between.
         if self._configured:
             return
+        call = self._core.call_held
         if self.tools:
-            await self._llm.set_function_tools(self.system or "", self.tools, self._tool_response)
+            await call(
+                native.set_function_tools, self.system or "", self.tools, self._tool_response
+            )
         elif self.system is not None or self._template is not None:
             system, prefix, postfix = self._template or CHATML
-            await self._llm.set_chat_template(
-                system.format(system=self.system or ""), prefix, postfix
+            await call(
+                native.set_chat_template, system.format(system=self.system or ""), prefix, postfix
             )
-        await self._llm.clear_kv_cache()
+        await call(native.clear_kv_cache)
         self._configured = True
 
     def reply_from(self, generation: Generation) -> ChatReply:
@@ -123,26 +129,34 @@ class ChatSession:
         self.turns.append(reply)
         return reply
 
-    async def stream(self, text: str, *, role: str = "user", **options: Any) -> TokenStream:
-        """The next turn as a :class:`TokenStream` (then ``reply_from(s.result())``).
+    def stream(
+        self, text: str, *, role: str = "user", **options: Unpack[TurnOptions]
+    ) -> TokenStream:
+        """The next turn as a :class:`TokenStream`, used like ``llm.stream()``; then
+        ``reply_from(s.result())`` splits it into a :class:`ChatReply`.
 
-        >>> async with await chat.stream("Hi") as s: ...  # doctest: +SKIP
+        >>> async with chat.stream("Hi") as s: ...  # doctest: +SKIP
         """
-        await self._configure()
-        return self._llm.stream(
-            text, role=role, thinking=self.thinking, keep_history=True, **options
+        return open_stream(
+            self._core,
+            text,
+            setup=self._configure,
+            role=role,
+            thinking=self.thinking,
+            keep_history=True,
+            **options,
         )
 
-    async def send(self, text: str, **options: Any) -> ChatReply:
+    async def send(self, text: str, **options: Unpack[TurnOptions]) -> ChatReply:
         """Send a user message and return the assistant's reply.
 
         >>> (await chat.send("Turn on the kitchen light")).tool_calls  # doctest: +SKIP
         """
-        async with await self.stream(text, **options) as s:
+        async with self.stream(text, **options) as s:
             return self.reply_from(await s.final())
 
     async def send_tool_results(
-        self, results: Mapping[str, Any] | Sequence[Any], **options: Any
+        self, results: Mapping[str, Any] | Sequence[Any], **options: Unpack[TurnOptions]
     ) -> ChatReply:
         """Send tool results back: ``{call id or name: result}``, or a list in call order.
 
@@ -158,7 +172,7 @@ class ChatSession:
             )
         except (TypeError, ValueError) as exc:
             raise InvalidParamsError(f"tool results are not JSON-serialisable: {exc}") from None
-        async with await self.stream(text, role="tool", **options) as s:
+        async with self.stream(text, role="tool", **options) as s:
             return self.reply_from(await s.final())
 
     async def reset(self) -> None:
@@ -166,5 +180,5 @@ class ChatSession:
 
         >>> await chat.reset()  # doctest: +SKIP
         """
-        await self._llm.clear_kv_cache()
+        await self._core.call(native.clear_kv_cache)
         self.turns.clear()

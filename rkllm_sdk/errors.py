@@ -41,10 +41,9 @@ UnsupportedOnABIError      -32602    400
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Final, NamedTuple
 
-if TYPE_CHECKING:
-    from .stream import Generation
+from .results import Generation
 
 __all__ = [
     "ERROR_CODES",

@@ -4,11 +4,11 @@ Frozen, slotted, keyword-only attrs classes with cheap validators. They hold Pyt
 and numpy arrays only; conversion to and from C structs lives in ``_native`` (per ABI).
 
 Parameters that mirror ``RKLLMParam`` are optional: ``None`` means "the runtime's own
-default" (``ModelParams.defaults(runtime)`` reads those from the library). Fields that exist
-in one runtime ABI only (``ignore_eos_token`` and ``Sampling`` on 1.3; ``img_start`` /
-``img_end`` / ``img_content`` on 1.2; video input and per-image markers on 1.3) are accepted
-here and refused with :class:`~rkllm_sdk.errors.UnsupportedOnABIError` when they reach a
-runtime of the other ABI, never dropped.
+default" (``rkllm_createDefaultParam``; ``AsyncLLM.params`` shows the values in force).
+Fields that exist in one runtime ABI only (``ignore_eos_token`` and ``Sampling`` on 1.3;
+``img_start`` / ``img_end`` / ``img_content`` on 1.2; video input and per-image markers on
+1.3) are accepted here and refused with :class:`~rkllm_sdk.errors.UnsupportedOnABIError`
+when they reach a runtime of the other ABI, never dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Iterable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 import numpy as np
@@ -25,9 +25,7 @@ import numpy as np
 from . import arrays
 from .arrays import FloatArray, IntArray
 from .errors import InvalidParamsError
-
-if TYPE_CHECKING:
-    from ._ffi.loader import Runtime
+from .results import PerfStats
 
 __all__ = [
     "CallState",
@@ -228,13 +226,6 @@ class ModelParams:
     img_content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
     extend: ExtendParams = attrs.field(factory=ExtendParams)
 
-    @classmethod
-    def defaults(cls, runtime: Runtime) -> ModelParams:
-        """The runtime's own defaults (``rkllm_createDefaultParam``), every field filled in."""
-        from ._native import default_params  # noqa: PLC0415  # _native imports this module
-
-        return default_params(runtime)
-
 
 @attrs.frozen(kw_only=True)
 class LoraAdapter:
@@ -393,29 +384,6 @@ class CrossAttention:
 
 
 # ---- results ------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class PerfStats:
-    """``RKLLMPerfStat``: what the runtime measured for one run."""
-
-    prefill_time_ms: float
-    prefill_tokens: int
-    generate_time_ms: float
-    generate_tokens: int
-    memory_usage_mb: float
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        """Prefill throughput (0 when nothing was timed)."""
-        return self.prefill_tokens / self.prefill_time_ms * 1e3 if self.prefill_time_ms > 0 else 0.0
-
-    @property
-    def generate_tokens_per_s(self) -> float:
-        """Decode throughput (0 when nothing was timed)."""
-        return (
-            self.generate_tokens / self.generate_time_ms * 1e3 if self.generate_time_ms > 0 else 0.0
-        )
 
 
 @attrs.frozen(kw_only=True)

@@ -19,17 +19,18 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._ffi.loader import Runtime
 from .arrays import FloatArray
 from .chat import ChatReply, ChatSession
-from .llm import AsyncLLM, PromptLike
+from .llm import AsyncLLM
 from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
-from .stream import Chunk, Generation, TokenStream
+from .options import RunOptions, TurnOptions
+from .results import Chunk, Generation, RuntimeInfo
+from .stream import PromptLike, TokenStream
 from .tools import ToolLike
 
 __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
@@ -132,6 +133,7 @@ class SyncChatSession:
     """A :class:`ChatSession` with blocking calls (see ``LLM.chat()``)."""
 
     def __init__(self, portal: BlockingPortal, session: ChatSession) -> None:
+        """Internal: use ``llm.chat(...)``."""
         self._portal = portal
         self.session = session
 
@@ -143,7 +145,27 @@ class SyncChatSession:
         """
         return self.session.turns
 
-    def send(self, text: str, **options: Any) -> ChatReply:
+    def stream(
+        self, text: str, *, role: str = "user", **options: Unpack[TurnOptions]
+    ) -> SyncTokenStream:
+        """The next turn as a :class:`SyncTokenStream` (see ChatSession.stream); then
+        ``chat.reply_from(s.result())``.
+
+        >>> with chat.stream("Hi") as s: print("".join(c.text for c in s))  # doctest: +SKIP
+        """
+        stream: TokenStream = self._portal.call(
+            functools.partial(self.session.stream, text, role=role, **options)
+        )
+        return SyncTokenStream(self._portal, stream)
+
+    def reply_from(self, generation: Generation) -> ChatReply:
+        """Split a finished turn's :class:`Generation` into a :class:`ChatReply`.
+
+        >>> reply = chat.reply_from(s.result())  # doctest: +SKIP
+        """
+        return self.session.reply_from(generation)
+
+    def send(self, text: str, **options: Unpack[TurnOptions]) -> ChatReply:
         """Send a user message and return the reply (see ChatSession.send).
 
         >>> chat.send("Turn on the kitchen light").tool_calls  # doctest: +SKIP
@@ -152,7 +174,7 @@ class SyncChatSession:
         return reply
 
     def send_tool_results(
-        self, results: Mapping[str, Any] | Sequence[Any], **options: Any
+        self, results: Mapping[str, Any] | Sequence[Any], **options: Unpack[TurnOptions]
     ) -> ChatReply:
         """Send tool results back and return the reply (see ChatSession.send_tool_results).
 
@@ -250,8 +272,24 @@ class LLM:
     # The same surface as AsyncLLM, blocking.
 
     @property
-    def runtime(self) -> Runtime:
-        """The runtime library this handle runs on (path, version, ABI).
+    def async_llm(self) -> AsyncLLM:
+        """The :class:`AsyncLLM` this twin drives (its calls must run on the twin's loop).
+
+        >>> llm.async_llm.runtime  # doctest: +SKIP
+        """
+        return self._llm
+
+    @property
+    def model_path(self) -> str:
+        """The model file this handle was loaded from.
+
+        >>> llm.model_path  # doctest: +SKIP
+        """
+        return self._llm.model_path
+
+    @property
+    def runtime(self) -> RuntimeInfo:
+        """The runtime library this handle runs on (path, version, ABI, fake or not).
 
         >>> llm.runtime.abi  # doctest: +SKIP
         """
@@ -302,11 +340,12 @@ class LLM:
         """
         return self._llm.timings()
 
-    def stream(self, prompt: PromptLike, **options: Any) -> SyncTokenStream:
+    def stream(self, prompt: PromptLike, **options: Unpack[RunOptions]) -> SyncTokenStream:
         """``with llm.stream(...) as s: for chunk in s`` (options as AsyncLLM.stream).
 
         >>> print("".join(c.text for c in llm.stream("Hi")))  # doctest: +SKIP
         """
+        # Built on the loop's thread: the stream's synchronisation primitives belong to it.
         stream: TokenStream = self._call(self._llm.stream, prompt, **options)
         return SyncTokenStream(self._portal, stream)
 
@@ -325,7 +364,7 @@ class LLM:
         session = self._llm.chat(system=system, tools=tools, thinking=thinking, template=template)
         return SyncChatSession(self._portal, session)
 
-    def generate(self, prompt: PromptLike, **options: Any) -> Generation:
+    def generate(self, prompt: PromptLike, **options: Unpack[RunOptions]) -> Generation:
         """Run to the end (options as AsyncLLM.stream).
 
         >>> llm.generate("Hi").text  # doctest: +SKIP
@@ -333,7 +372,9 @@ class LLM:
         result: Generation = self._call(self._llm.generate, prompt, **options)
         return result
 
-    def generate_batch(self, prompts: Sequence[Input], **options: Any) -> list[Generation]:
+    def generate_batch(
+        self, prompts: Sequence[Input], **options: Unpack[RunOptions]
+    ) -> list[Generation]:
         """One batched run; one Generation per input (see AsyncLLM.generate_batch).
 
         >>> llm.generate_batch([rk.Prompt(text="a"), rk.Prompt(text="b")])  # doctest: +SKIP
@@ -366,11 +407,11 @@ class LLM:
         return result
 
     def abort(self) -> None:
-        """Abort the run in progress, if any.
+        """Abort the run in progress, if any, without waiting (see AsyncLLM.abort).
 
         >>> llm.abort()  # doctest: +SKIP
         """
-        self._call(self._llm.abort)
+        self._portal.call(self._llm.abort)
 
     def clear_kv_cache(
         self, *, keep_system_prompt: bool = False, ranges: Sequence[tuple[int, int]] | None = None

@@ -17,9 +17,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from .errors import InvalidParamsError
+from .results import ToolCall
 
 __all__ = [
     "ToolCall",
@@ -40,24 +39,6 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "null": (type(None),),
 }
-
-
-@attrs.frozen(kw_only=True)
-class ToolCall:
-    """A tool call the model made.
-
-    Attributes:
-        name: the function's name.
-        arguments: the arguments as a dict.
-        id: a stable id for this call (pass it back with the result).
-        error: why the call does not fit the tool's schema (unknown tool, missing or
-            mistyped argument, JSON that could not be repaired), or None.
-    """
-
-    name: str
-    arguments: dict[str, Any]
-    id: str
-    error: str | None = None
 
 
 # ---- thinking and tool calls --------------------------------------------------------------

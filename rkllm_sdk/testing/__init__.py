@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _native as native
 from .._fake import demo_model_path
+from ..lowlevel import native_handle
 
 if TYPE_CHECKING:
     from ..llm import AsyncLLM
@@ -306,12 +307,6 @@ class RunInput:
         )
 
 
-def _async_llm(llm: AsyncLLM | LLM) -> AsyncLLM:
-    from ..sync import LLM  # noqa: PLC0415 - sync imports the whole async core
-
-    return llm._llm if isinstance(llm, LLM) else llm
-
-
 def last_input(llm: AsyncLLM | LLM) -> RunInput:
     """What the fake runtime received in ``llm``'s last run.
 
@@ -322,7 +317,7 @@ def last_input(llm: AsyncLLM | LLM) -> RunInput:
     >>> last_input(llm).input.text  # doctest: +SKIP
     'Turn on the kitchen light'
     """
-    return RunInput.from_json(native.fake_last_input(_async_llm(llm)._native_handle()))
+    return RunInput.from_json(native.fake_last_input(native_handle(llm)))
 
 
 def assert_array_received(llm: AsyncLLM | LLM, *arrays: Any, kind: str | None = None) -> None:

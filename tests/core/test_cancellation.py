@@ -11,6 +11,7 @@ import pytest
 
 import rkllm_sdk as rk
 from rkllm_sdk import _native
+from rkllm_sdk._ffi.loader import load_runtime
 from rkllm_sdk.llm import open_handles
 
 from ..conftest import ModelFactory
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def aborts(llm: rk.llm.AsyncLLM) -> int:
-    return _native.fake_stats(llm.runtime)["aborts"]
+    return _native.fake_stats(load_runtime("fake", abi=llm.runtime.abi))["aborts"]
 
 
 async def test_break_aborts_and_the_handle_serves_the_next_call(load: LoadLLM) -> None:
@@ -39,7 +40,8 @@ async def test_break_aborts_and_the_handle_serves_the_next_call(load: LoadLLM) -
 
 
 async def test_timeout_mid_stream_aborts(load: LoadLLM) -> None:
-    """A caller's timeout cancels the consumer; the run is aborted and cleaned up."""
+    """A caller's timeout cancels the consumer; the run is aborted and cleaned up, and the
+    stream has no result (AbortedError)."""
     llm = await load(faults="hang_after=2")
     with anyio.move_on_after(0.2) as scope:
         async with llm.stream("x") as s:
@@ -47,7 +49,7 @@ async def test_timeout_mid_stream_aborts(load: LoadLLM) -> None:
                 pass
     assert scope.cancelled_caught
     assert not llm.is_running()
-    with pytest.raises(RuntimeError, match="not finished"):
+    with pytest.raises(rk.AbortedError, match="closed before the run finished"):
         s.result()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import rkllm_sdk as rk
 from rkllm_sdk import _native
+from rkllm_sdk.lowlevel import native_handle
 
 from .conftest import LoadLLM
 
@@ -156,7 +157,7 @@ async def test_tool_round_trip(load: LoadLLM) -> None:
     assert answer.text == 'The tool returned: {"ok": true}'
     assert not answer.tool_calls
     assert (await llm.kv_cache_size())[0] > size
-    info = _native.fake_last_input(llm._native_handle())
+    info = _native.fake_last_input(native_handle(llm))
     assert info["inputs"][0]["role"] == "tool"
     await chat.reset()
     assert await llm.kv_cache_size() == [0]
@@ -179,10 +180,10 @@ async def test_system_prompt_without_tools_uses_the_template(load: LoadLLM) -> N
     llm = await load()
     chat = llm.chat(system="Be brief.")
     await chat.send("one")
-    first = _native.fake_last_input(llm._native_handle())["inputs"][0]["templated"]
+    first = _native.fake_last_input(native_handle(llm))["inputs"][0]["templated"]
     assert first.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\none")
     await chat.send("two")
-    second = _native.fake_last_input(llm._native_handle())["inputs"][0]["templated"]
+    second = _native.fake_last_input(native_handle(llm))["inputs"][0]["templated"]
     assert second == "<|im_start|>user\ntwo<|im_end|>\n<|im_start|>assistant\n"
 
 

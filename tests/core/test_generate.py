@@ -7,7 +7,8 @@ import pytest
 
 import rkllm_sdk as rk
 from rkllm_sdk import _native
-from rkllm_sdk import stream as stream_mod
+from rkllm_sdk._ffi.loader import load_runtime
+from rkllm_sdk import _decoder
 from rkllm_sdk.llm import AsyncLLM, open_handles
 
 from ..fake_runtime.driver import hidden_formula, logits_formula, reference_pieces
@@ -32,7 +33,7 @@ async def test_generate_returns_the_whole_reply(load: LoadLLM) -> None:
 
 async def test_long_runs_keep_every_piece(load: LoadLLM) -> None:
     """Past the point where streamed text is folded into blocks, nothing is lost or reordered."""
-    n = 3 * stream_mod.COMPACT_EVERY + 123
+    n = 3 * _decoder.COMPACT_EVERY + 123
     llm = await load(natural_end=False, params=rk.ModelParams(max_new_tokens=n))
     async with llm.stream("go") as s:
         chunks = [c async for c in s]
@@ -89,12 +90,12 @@ async def test_stop_strings_trim_and_abort(load: LoadLLM, stop: str) -> None:
         script=[{"match": "x", "reply": REPLY + " and much more text after it"}],
         faults=f"hang_after={hang}",
     )
-    aborts = _native.fake_stats(llm.runtime)["aborts"]
+    aborts = _native.fake_stats(load_runtime("fake", abi=llm.runtime.abi))["aborts"]
     async with llm.stream("x", stop=[stop, "never-seen"]) as s:
         text = "".join([c.text async for c in s])
     assert text == REPLY[: REPLY.index(stop)]
     assert s.result().finish_reason == "stop"
-    assert _native.fake_stats(llm.runtime)["aborts"] == aborts + 1
+    assert _native.fake_stats(load_runtime("fake", abi=llm.runtime.abi))["aborts"] == aborts + 1
 
 
 async def test_inputs_other_than_text(load: LoadLLM) -> None:
@@ -165,16 +166,16 @@ async def test_timings_of_the_last_run(load: LoadLLM) -> None:
 async def test_the_bridge_channel_is_reused_across_runs(load: LoadLLM) -> None:
     """Runs on one handle reuse one bridge channel (its buffers), including after an abort."""
     llm = await load(natural_end=False, decode_ms=1, script=[{"match": "x", "reply": "same reply"}])
-    base = _native.bridge_live_objects(llm.runtime)
+    base = _native.bridge_live_objects(load_runtime("fake", abi=llm.runtime.abi))
     first = await llm.generate("x", stop=["reply"])
-    assert _native.bridge_live_objects(llm.runtime) == base + 1  # the spare channel
+    assert _native.bridge_live_objects(load_runtime("fake", abi=llm.runtime.abi)) == base + 1  # the spare channel
     async with llm.stream("y") as s:
         async for _ in s:
             break
     for _ in range(5):
         gen = await llm.generate("x", stop=["reply"])
         assert gen.text == first.text == "same "
-    assert _native.bridge_live_objects(llm.runtime) == base + 1
+    assert _native.bridge_live_objects(load_runtime("fake", abi=llm.runtime.abi)) == base + 1
 
 
 async def test_large_logits_arrive_exactly(load: LoadLLM) -> None:

@@ -1,4 +1,4 @@
-/* fake.h: the fake runtime's handle and run state, shared by api.c and run.c. */
+/* fake.h: the fake runtime's handle and run state, shared by every source file. */
 #ifndef FAKE_FAKE_H
 #define FAKE_FAKE_H
 
@@ -18,7 +18,7 @@
 #endif
 
 #define MAX_BATCH 8
-#define TEXT_CAP 64         /* bytes of one token's text (longest piece is 12) */
+#define TEXT_CAP 64         /* initial bytes of a batch's text buffer (grown when held text needs more) */
 #define POISON_BYTE 0x7E    /* '~': what a stale text pointer reads after its callback */
 
 typedef struct {
@@ -104,14 +104,15 @@ typedef struct fake_handle {
     pthread_mutex_t mu;
     pthread_cond_t work_cv;  /* a job is waiting, or quit */
     pthread_cond_t done_cv;  /* a job finished */
-    pthread_cond_t sleep_cv; /* abort wakes sleeping prefill / decode */
+    int wake_fd;             /* eventfd: abort / destroy wake a sleeping prefill or decode step */
     int has_job, running, quit;
     uint64_t job_seq, done_seq;
     int last_rc;
     atomic_int abort_flag;
     job_t job;
 
-    char text[MAX_BATCH][TEXT_CAP];
+    char* text[MAX_BATCH]; /* each batch's callback text, text_cap[b] bytes */
+    size_t text_cap[MAX_BATCH];
     RKLLMResult results[MAX_BATCH];
     float* out_buf; /* logits / hidden states handed to the callback */
     size_t out_cap; /* floats */
@@ -126,10 +127,39 @@ typedef struct {
 } fake_counters;
 extern fake_counters g_counters;
 
-/* Runs h->job on the handle's thread; returns rkllm_run's return code. */
-int run_execute(fake_handle* h);
+/* handle.c: a handle's memory, its runtime thread, sleeping and waking. */
+/* Allocates a handle with its locks, wake fd, KV caches and text buffers; NULL if no fd. */
+fake_handle* handle_new(int n_batch, int max_context_len);
+/* Starts the handle's runtime thread (with process signals blocked on it); 0 or -1. */
+int handle_start(fake_handle* h);
+void handle_free(fake_handle* h);
+int on_worker(const fake_handle* h);
 /* Sleeps until deadline (now_ms clock) unless aborted first; returns 1 if aborted. */
 int sleep_until(fake_handle* h, double deadline_ms);
+/* Sets the abort flag and wakes a sleeping step: only atomics and write(2), so a signal
+ * handler may call it. */
+void handle_abort(fake_handle* h);
+
+/* registry.c: a handle is valid only while listed. acquire() takes a reference that keeps
+ * it alive (rkllm_destroy waits for every reference to be released). */
+fake_handle* acquire(LLMHandle handle);
+void release(fake_handle* h);
+void registry_add(fake_handle* h);
+/* Unlists the handle (no new call can reach it); 0, or -1 when it is not listed. */
+int registry_remove(LLMHandle handle, fake_handle** out);
+/* Waits until no call holds a reference to an unlisted handle. */
+void registry_wait_unused(fake_handle* h);
+/* For configuration calls: the handle acquired with its mu locked, or NULL (logged: not a
+ * live handle, or a task is running); done_idle unlocks, releases and returns rc. */
+fake_handle* acquire_idle(LLMHandle handle, const char* fn);
+int done_idle(fake_handle* h, int rc);
+
+/* run.c: runs h->job on the handle's thread; returns rkllm_run's return code. */
+int run_execute(fake_handle* h);
+
+/* kv.c */
 void kv_clear(fake_handle* h, int keep_system_prompt);
+/* Reads a prompt cache file into *tokens / *n (max entries cap); 0, or -1 if it is not one. */
+int prompt_cache_read(const char* path, size_t cap, int32_t** tokens, size_t* n);
 
 #endif

@@ -93,7 +93,7 @@ static int get_bool(const json* root, const char* key, int* out, char* err, size
 static const char* const known_keys[] = {
     "format", "name", "vocab_size", "hidden_size", "decode_ms", "prefill_ms", "thinking",
     "internal_tokenizer", "internal_embedding", "natural_end", "num_layers", "num_kv_heads",
-    "head_dim", "script", "faults", NULL};
+    "head_dim", "script", "faults", "waiting_text", NULL};
 
 static int fill_model(fake_model* m, const json* root, char* err, size_t errcap) {
     if (root->type != JSON_OBJECT) {
@@ -141,6 +141,17 @@ static int fill_model(fake_model* m, const json* root, char* err, size_t errcap)
     if (get_bool(root, "internal_tokenizer", &m->internal_tokenizer, err, errcap)) return -1;
     if (get_bool(root, "internal_embedding", &m->internal_embedding, err, errcap)) return -1;
     if (get_bool(root, "natural_end", &m->natural_end, err, errcap)) return -1;
+    const json* waiting = json_get(root, "waiting_text");
+    if (waiting) {
+        if (waiting->type == JSON_STRING && strcmp(waiting->string, "held") == 0) {
+            m->waiting_text = WAITING_TEXT_HELD;
+        } else if (waiting->type == JSON_STRING && strcmp(waiting->string, "partial") == 0) {
+            m->waiting_text = WAITING_TEXT_PARTIAL;
+        } else {
+            snprintf(err, errcap, "model file: 'waiting_text' must be \"held\" or \"partial\"");
+            return -1;
+        }
+    }
 
     const json* script = json_get(root, "script");
     if (script) {
@@ -183,6 +194,7 @@ int model_load(fake_model* m, const char* path, char* err, size_t errcap) {
     m->internal_tokenizer = 1;
     m->internal_embedding = 1;
     m->natural_end = 1;
+    m->waiting_text = WAITING_TEXT_HELD;
     m->num_layers = 28;
     m->num_kv_heads = 2;
     m->head_dim = 128;

@@ -18,6 +18,12 @@ typedef struct {
     char* reply;
 } script_rule;
 
+/* "waiting_text": what a RKLLM_RUN_WAITING callback carries (fake_runtime/README.md, A11). */
+typedef enum {
+    WAITING_TEXT_HELD = 0,    /* "held" (default): "", the bytes wait for the next NORMAL callback */
+    WAITING_TEXT_PARTIAL = 1, /* "partial": the token's own bytes, a character's first bytes included */
+} waiting_text_mode;
+
 typedef struct {
     char* name;
     int vocab_size;
@@ -28,6 +34,7 @@ typedef struct {
     int internal_tokenizer;
     int internal_embedding;
     int natural_end; /* 0: never stop before max_new_tokens */
+    waiting_text_mode waiting_text;
     int num_layers, num_kv_heads, head_dim; /* cross-attention cache geometry */
     script_rule* script;
     size_t n_script;

@@ -94,8 +94,8 @@ def test_prefill_counts_the_templated_prompt(drv: Driver, model: ModelFactory) -
 
 
 def test_output_pieces_follow_the_documented_tokenizer(drv: Driver, model: ModelFactory) -> None:
-    """Each callback carries exactly the next piece of the documented tokenizer rules."""
-    h = drv.init(model(natural_end=False), max_new_tokens=300)
+    """With "waiting_text": "partial", each callback carries exactly the next tokenizer piece."""
+    h = drv.init(model(natural_end=False, waiting_text="partial"), max_new_tokens=300)
     run = h.run("pieces")
     data = run.raw_bytes()
     assert [e.items[0].text for e in run.tokens] == reference_pieces(data)
@@ -147,12 +147,10 @@ def test_ignore_eos_token_keeps_generating_to_the_limit(drv: Driver, model: Mode
     assert run.text().startswith("short")
 
 
-def test_multibyte_characters_split_across_callbacks_with_waiting(
-    drv: Driver, model: ModelFactory
-) -> None:
-    """Pieces cut through UTF-8 characters; exactly those callbacks say WAITING."""
+def test_partial_waiting_callbacks_carry_the_split_bytes(drv: Driver, model: ModelFactory) -> None:
+    """With "waiting_text": "partial", pieces cut through characters and exactly those say WAITING."""
     reply = "日本語 and émoji 🚀🤖 mixed: 你好世界"
-    h = drv.init(model(script=[{"match": "x", "reply": reply}]))
+    h = drv.init(model(script=[{"match": "x", "reply": reply}], waiting_text="partial"))
     run = h.run("x")
     assert run.text() == reply
     seen = b""
@@ -167,6 +165,39 @@ def test_multibyte_characters_split_across_callbacks_with_waiting(
         assert (e.state == WAITING) == (not complete)
         waiting += e.state == WAITING
     assert waiting >= 3
+
+
+def test_held_waiting_callbacks_are_empty_and_normal_ones_whole(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """By default WAITING carries "" and each NORMAL text decodes alone; ids match "partial"."""
+    reply = "日本語 and émoji 🚀🤖 mixed: 你好世界"
+    script = [{"match": "x", "reply": reply}]
+    run = drv.init(model(script=script)).run("x")
+    partial = drv.init(model(script=script, waiting_text="partial")).run("x")
+    waiting = [e for e in run.tokens if e.state == WAITING]
+    assert len(waiting) >= 3
+    assert all(e.items[0].text == b"" and e.items[0].token_id >= 0 for e in waiting)
+    normal = [e.items[0].text or b"" for e in run.tokens if e.state == NORMAL]
+    assert "".join(t.decode("utf-8") for t in normal) == reply
+    assert [e.state for e in run.tokens] == [e.state for e in partial.tokens]
+    assert run.token_ids() == partial.token_ids()
+
+
+def test_held_last_token_drops_only_the_unfinished_character(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """A max_new_tokens cut inside a character ends on NORMAL with the whole characters before it."""
+    reply = "你好世界你好世界"
+    script = [{"match": "x", "reply": reply}]
+    pieces = reference_pieces(reply)
+    # the first token count whose bytes end inside a character
+    cut = next(n for n in range(1, len(pieces)) if len(b"".join(pieces[:n])) % 3)
+    run = drv.init(model(script=script), max_new_tokens=cut).run("x")
+    assert len(run.tokens) == cut
+    assert run.tokens[-1].state == NORMAL
+    whole = len(b"".join(pieces[:cut])) // 3
+    assert run.text() == reply[:whole]
 
 
 def test_generated_text_includes_cjk_and_emoji(drv: Driver, model: ModelFactory) -> None:

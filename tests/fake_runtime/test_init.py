@@ -65,6 +65,8 @@ def test_init_and_destroy_track_live_handles(drv: Driver, model: ModelFactory) -
         (b'{"format": "rkllm-fake/1", "thinking": 1}', "'thinking' must be true or false"),
         (b'{"format": "rkllm-fake/1", "script": [{"match": "a"}]}', "script rule 0"),
         (b'{"format": "rkllm-fake/1", "faults": "explode=1"}', "unknown or incomplete fault"),
+        (b'{"format": "rkllm-fake/1", "waiting_text": "drop"}', "'waiting_text' must be"),
+        (b'{"format": "rkllm-fake/1", "waiting_text": true}', "'waiting_text' must be"),
         (b"[1, 2]", "invalid rknn llm model magic"),
     ],
 )

@@ -1,0 +1,117 @@
+/* reply.c: what a batch answers: think block, array tags, then a scripted reply, a tool
+ * result echo, tool calls built from the tools' JSON schemas, or generated sentences. */
+#include <math.h>
+#include <string.h>
+
+#include "batch.h"
+#include "textgen.h"
+
+static void write_json_value(sbuf* out, const json* v) {
+    switch (v->type) {
+    case JSON_NULL: sb_puts(out, "null"); break;
+    case JSON_BOOL: sb_puts(out, v->boolean ? "true" : "false"); break;
+    case JSON_NUMBER:
+        if (v->number == floor(v->number) && fabs(v->number) < 1e15) sb_printf(out, "%.0f", v->number);
+        else sb_printf(out, "%.17g", v->number);
+        break;
+    case JSON_STRING: sb_json_string(out, v->string, v->length); break;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        sb_puts(out, v->type == JSON_ARRAY ? "[" : "{");
+        for (size_t k = 0; k < v->count; k++) {
+            if (k) sb_puts(out, ", ");
+            if (v->type == JSON_OBJECT) {
+                sb_json_string(out, v->keys[k], strlen(v->keys[k]));
+                sb_puts(out, ": ");
+            }
+            write_json_value(out, &v->items[k]);
+        }
+        sb_puts(out, v->type == JSON_ARRAY ? "]" : "}");
+        break;
+    }
+}
+
+static const json* tool_function(const json* tool) {
+    const json* fn = json_get(tool, "function");
+    return fn ? fn : tool;
+}
+
+/* A deterministic value for one required property, from its JSON schema. */
+static void schema_value(sbuf* out, const char* prop, const json* schema) {
+    const json* def = json_get(schema, "default");
+    const json* en = json_get(schema, "enum");
+    const json* type = json_get(schema, "type");
+    const json* min = json_get(schema, "minimum");
+    const char* t = type && type->type == JSON_STRING ? type->string : "";
+    if (def) write_json_value(out, def);
+    else if (en && en->type == JSON_ARRAY && en->count) write_json_value(out, &en->items[0]);
+    else if (strcmp(t, "string") == 0) sb_printf(out, "\"fake-%s\"", prop);
+    else if (strcmp(t, "integer") == 0) sb_printf(out, "%.0f", min && min->type == JSON_NUMBER ? ceil(min->number) : 1.0);
+    else if (strcmp(t, "number") == 0) {
+        if (min && min->type == JSON_NUMBER) write_json_value(out, min);
+        else sb_puts(out, "0.5");
+    } else if (strcmp(t, "boolean") == 0) sb_puts(out, "true");
+    else if (strcmp(t, "array") == 0) sb_puts(out, "[]");
+    else if (strcmp(t, "object") == 0) sb_puts(out, "{}");
+    else sb_puts(out, "null");
+}
+
+static int tool_calls_reply(fake_handle* h, sbuf* out, const char* text) {
+    int calls = 0;
+    for (size_t k = 0; h->tools && k < h->tools->count; k++) {
+        const json* fn = tool_function(&h->tools->items[k]);
+        const json* name = json_get(fn, "name");
+        if (!strstr(text, name->string)) continue;
+        if (calls++) sb_puts(out, "\n");
+        sb_puts(out, "<tool_call>\n{\"name\": ");
+        sb_json_string(out, name->string, name->length);
+        sb_puts(out, ", \"arguments\": {");
+        const json* params = json_get(fn, "parameters");
+        const json* props = json_get(params, "properties");
+        const json* req = json_get(params, "required");
+        size_t written = 0;
+        for (size_t r = 0; req && req->type == JSON_ARRAY && r < req->count; r++) {
+            if (req->items[r].type != JSON_STRING) continue;
+            const char* prop = req->items[r].string;
+            if (written++) sb_puts(out, ", ");
+            sb_json_string(out, prop, strlen(prop));
+            sb_puts(out, ": ");
+            schema_value(out, prop, json_get(props, prop));
+        }
+        sb_puts(out, "}}\n</tool_call>");
+    }
+    return calls;
+}
+
+void choose_reply(fake_handle* h, batch_run* br, const RKLLMInput* in) {
+    int thinking = h->model.thinking && (h->custom_template || in->enable_thinking);
+    if (thinking) {
+        sb_puts(&br->reply, "<think>\n");
+        sbuf think;
+        sb_init(&think);
+        uint64_t rng = br->rng ^ 0x7468696e6bULL;
+        int n = 1 + (int)(splitmix64(&rng) % 2);
+        for (int k = 0; k < n; k++) gen_sentence(&think, &rng);
+        sb_put(&br->reply, think.data, think.len);
+        sb_free(&think);
+        sb_puts(&br->reply, "\n</think>\n\n");
+    }
+    sb_put(&br->reply, br->tags.data, br->tags.len);
+    for (size_t k = 0; k < h->model.n_script; k++) {
+        if (strstr(br->text, h->model.script[k].match)) {
+            sb_puts(&br->reply, h->model.script[k].reply);
+            return;
+        }
+    }
+    if (strcmp(br->role, "tool") == 0) {
+        sb_printf(&br->reply, "The tool returned: %s", br->text);
+        return;
+    }
+    if (br->text[0] && tool_calls_reply(h, &br->reply, br->text)) return;
+    sbuf answer;
+    sb_init(&answer);
+    int n = 1 + (int)(splitmix64(&br->rng) % 3);
+    for (int k = 0; k < n; k++) gen_sentence(&answer, &br->rng);
+    sb_put(&br->reply, answer.data, answer.len);
+    sb_free(&answer);
+}

@@ -7,13 +7,12 @@ bundled fake's demo model); everything else comes from the package root.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .. import AsyncLLM, ModelParams, RuntimeNotFoundError, TokenStream
+from .. import AsyncLLM, ModelParams, RuntimeNotFoundError
 from .._fake import demo_model_path
 from .._ffi.loader import locate_runtime
 
@@ -65,12 +64,3 @@ async def load_model(args: argparse.Namespace, target: Target, **params: Any) ->
     return await AsyncLLM.load(
         target.model, runtime=target.runtime, abi=args.abi, params=ModelParams(**params)
     )
-
-
-async def opened(stream: TokenStream | Awaitable[TokenStream]) -> TokenStream:
-    """The stream of a ``stream()`` call, whether the SDK gives it or an awaitable of it.
-
-    Transitional: ``stream()`` is becoming a plain method (``async with llm.stream(...)``);
-    once it has everywhere, ``async with chat.stream(...)`` can replace ``opened``.
-    """
-    return stream if isinstance(stream, TokenStream) else await stream

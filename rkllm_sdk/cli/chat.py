@@ -13,7 +13,7 @@ import anyio
 import attrs
 
 from .. import AsyncLLM, ChatSession, ToolCall
-from ._common import EXIT_OK, Target, UsageError, load_model, opened, resolve_target
+from ._common import EXIT_OK, Target, UsageError, load_model, resolve_target
 from ._interrupts import Interrupts, with_interrupts
 from ._output import (
     consoles,
@@ -138,7 +138,7 @@ class ChatLoop:
         """Stream one answer; Ctrl-C stops it and the chat goes on."""
         self.out.print("[bold blue]assistant>[/bold blue] ", end="")
         echo = echo_chunks(self.out)
-        async with await opened(self.chat.stream(prompt, role=role)) as s:
+        async with self.chat.stream(prompt, role=role) as s:
             ints.stop = s.abort
             async for chunk in s:
                 echo(chunk)

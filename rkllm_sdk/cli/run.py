@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from .. import AsyncLLM, ChatReply
-from ._common import EXIT_INTERRUPTED, EXIT_OK, Target, load_model, opened, resolve_target
+from ._common import EXIT_INTERRUPTED, EXIT_OK, Target, load_model, resolve_target
 from ._interrupts import Interrupts, with_interrupts
 from ._output import (
     consoles,
@@ -47,7 +47,7 @@ async def _run(args: argparse.Namespace, target: Target, ints: Interrupts) -> in
     echo = echo_chunks(out)
     async with await load_model(args, target) as llm:
         chat = llm.chat(system=args.system, thinking=args.thinking)
-        async with await opened(chat.stream(args.prompt)) as s:
+        async with chat.stream(args.prompt) as s:
             ints.stop = s.abort
             async for chunk in s:
                 if not args.json:

@@ -4,6 +4,9 @@ The package build compiles ``fake_runtime/`` once per ABI into this directory
 (``librkllmrt-fake-1.2.so``, ``librkllmrt-fake-1.3.so``) next to a demo model file.
 ``RKLLM_FAKE_LIBDIR`` points at another build of the same libraries (CI's
 ASan/UBSan build uses it).
+
+This package imports nothing else of ``rkllm_sdk`` (and no cffi): the loader in ``_ffi``
+depends on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .._ffi import ABIS
+#: The ABIs the package build compiles the fake for (``fake_runtime/build_fake.py``); the same
+#: as ``rkllm_sdk._ffi.ABIS``, which a test checks.
+ABIS: tuple[str, ...] = ("1.2", "1.3")
 
 _HERE = Path(__file__).resolve().parent
 

@@ -25,12 +25,14 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import attrs
 
+from .. import _fake
 from ..errors import RuntimeNotFoundError, RuntimeVersionError
 from . import ABIS, FAKE_SYMBOLS, OPTIONAL_SYMBOLS, ffi_for
+from .protocols import BridgeLib, RuntimeLib, TypedFFI
 
 __all__ = [
     "DEFAULT_FAKE_ABI",
@@ -71,7 +73,9 @@ class Runtime:
         abi_source: "abi= argument", "RKLLM_ABI" or "detected from the library".
         is_fake: the bundled fake runtime.
         optional_symbols: the undocumented / fake-only functions this library exports.
-        ffi, lib: the cffi objects (hazmat; see ``rkllm_sdk.lowlevel``).
+        ffi, lib, bridge: the cffi objects behind typed faces (hazmat; see
+            ``rkllm_sdk.lowlevel``): the ABI's FFI, the runtime library and the SDK's C
+            bridge (``_ffi.protocols`` lists their functions).
     """
 
     path: Path
@@ -81,26 +85,22 @@ class Runtime:
     abi_source: str
     is_fake: bool
     optional_symbols: frozenset[str]
-    # Any: cdata fields are dynamic (types-cffi types them as a bare _CDataBase) and the
-    # library object is untyped; only _ffi and _native touch them.
-    ffi: Any = attrs.field(repr=False, eq=False)
-    lib: Any = attrs.field(repr=False, eq=False)
-    bridge: Any = attrs.field(repr=False, eq=False)  # the SDK's C bridge, loaded with this ffi
+    ffi: TypedFFI = attrs.field(repr=False, eq=False)
+    lib: RuntimeLib = attrs.field(repr=False, eq=False)
+    bridge: BridgeLib = attrs.field(repr=False, eq=False)  # loaded with this ffi
 
 
 # ---- locating the library ----------------------------------------------------------------
 
 
 def _fake_path(abi: str | None) -> Path:
-    from .._fake import library_path  # noqa: PLC0415  # only when the fake is asked for
-
     chosen = abi or os.environ.get("RKLLM_ABI") or DEFAULT_FAKE_ABI
     if chosen not in ABIS:
         raise RuntimeVersionError(
             f"the fake runtime exists for ABIs {', '.join(ABIS)}, not {chosen!r}"
         )
     try:
-        return library_path(chosen)
+        return _fake.library_path(chosen)
     except FileNotFoundError as exc:
         raise RuntimeNotFoundError(str(exc)) from None
 
@@ -258,11 +258,11 @@ def resolve_abi(abi: str | None, version: str | None, path: Path) -> tuple[str, 
 
 # ---- loading -----------------------------------------------------------------------------
 
-_loaded: dict[tuple[str, str], tuple[Any, frozenset[str]]] = {}
+_loaded: dict[tuple[str, str], tuple[RuntimeLib, frozenset[str]]] = {}
 _load_lock = threading.Lock()
 
 
-def _exported(lib: Any, name: str) -> bool:
+def _exported(lib: object, name: str) -> bool:
     try:
         getattr(lib, name)
     except AttributeError:  # cffi: "function/symbol 'x' not found in library"
@@ -270,7 +270,7 @@ def _exported(lib: Any, name: str) -> bool:
     return True
 
 
-def _dlopen(path: Path, abi: str) -> tuple[Any, frozenset[str]]:
+def _dlopen(path: Path, abi: str) -> tuple[RuntimeLib, frozenset[str]]:
     """dlopen once per library file and ABI: ``(lib, optional symbols present)``."""
     key = (str(path.resolve()), abi)
     with _load_lock:
@@ -287,11 +287,12 @@ def _dlopen(path: Path, abi: str) -> tuple[Any, frozenset[str]]:
                     f"{path} does not export rkllm_init: not an RKLLM runtime"
                 )
             found = frozenset(n for n in (*OPTIONAL_SYMBOLS, *FAKE_SYMBOLS) if _exported(lib, n))
-            _loaded[key] = (lib, found)
+            # The one place the untyped library object gets its typed face.
+            _loaded[key] = (cast(RuntimeLib, lib), found)
         return _loaded[key]
 
 
-_bridges: dict[str, Any] = {}
+_bridges: dict[str, BridgeLib] = {}
 BRIDGE_PATH = Path(__file__).resolve().parent / "librkllm-bridge.so"
 #: Development only: another build of the bridge (CI's sanitizer job uses it).
 BRIDGE_ENV = "RKLLM_BRIDGE_LIBRARY"
@@ -302,13 +303,13 @@ def bridge_path() -> Path:
     return Path(os.environ.get(BRIDGE_ENV) or BRIDGE_PATH)
 
 
-def _load_bridge(abi: str) -> Any:
+def _load_bridge(abi: str) -> BridgeLib:
     """The SDK's C bridge (built with the package), opened once per ABI's FFI."""
     with _load_lock:
         if abi not in _bridges:
             path = bridge_path()
             try:
-                _bridges[abi] = ffi_for(abi).dlopen(str(path))
+                _bridges[abi] = cast(BridgeLib, ffi_for(abi).dlopen(str(path)))
             except OSError as exc:
                 raise RuntimeNotFoundError(
                     f"the SDK's bridge library {path} is missing or broken ({exc}): "
@@ -340,7 +341,7 @@ def load_runtime(
         abi_source=abi_source,
         is_fake=is_fake or "rkllm_fake_version" in found,
         optional_symbols=found,
-        ffi=ffi_for(chosen),
+        ffi=cast(TypedFFI, ffi_for(chosen)),
         lib=lib,
         bridge=_load_bridge(chosen),
     )

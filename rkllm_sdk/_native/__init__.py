@@ -19,7 +19,8 @@ Modules: ``params`` (``RKLLMParam``), ``handle`` (init / destroy), ``inputs`` (a
 structs), ``calls`` (everything else on a handle), ``channel`` (the bridge's channel),
 ``callbacks`` (1.3 tokenizer / embedder), ``fake`` (fake-only symbols).
 
-``Any`` appears here because cffi's objects are untyped; each use says which cdata it is.
+cdata values are typed :data:`~rkllm_sdk._ffi.protocols.CData` (``Any``: their fields are
+dynamic); ``lib`` / ``ffi`` / ``bridge`` calls go through typed faces (``_ffi.protocols``).
 It imports ``_ffi``, ``arrays``, ``errors`` and ``models`` only.
 """
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
 from ..errors import GenerationError, InvalidParamsError, NativeCallError, UnsupportedOnABIError
-
-# Any below: cdata (structs, arrays, pointers) has dynamic fields that no static type describes.
 
 
 def encode(value: str | os.PathLike[str], what: str) -> bytes:
@@ -26,7 +25,7 @@ def encode(value: str | os.PathLike[str], what: str) -> bytes:
         raise InvalidParamsError(f"{what} is not valid Unicode text ({exc.reason})") from None
 
 
-def cstr(rt: Runtime, keep: list[Any], value: str | os.PathLike[str] | None, what: str) -> Any:
+def cstr(rt: Runtime, keep: list[object], value: str | os.PathLike[str] | None, what: str) -> CData:
     """A ``char[]`` owned by ``keep`` (NULL for None)."""
     if value is None:
         return rt.ffi.NULL
@@ -35,7 +34,7 @@ def cstr(rt: Runtime, keep: list[Any], value: str | os.PathLike[str] | None, wha
     return buf
 
 
-def buffer(rt: Runtime, keep: list[Any], arr: np.ndarray[Any, Any], ctype: str) -> Any:
+def buffer(rt: Runtime, keep: list[object], arr: npt.NDArray[np.generic], ctype: str) -> CData:
     """A C view of a checked numpy array, no copy; ``keep`` owns the array and the view."""
     keep.append(arr)
     buf = rt.ffi.from_buffer(f"{ctype}[]", arr)
@@ -60,7 +59,7 @@ def only_on(rt: Runtime, abi: str, what: str) -> None:
         )
 
 
-def optional_symbol(rt: Runtime, name: str) -> Any:
+def optional_symbol(rt: Runtime, name: str) -> CData:
     """An undocumented or fake-only function, or NativeCallError when the library lacks it."""
     if name not in rt.optional_symbols:
         raise NativeCallError(f"this runtime ({rt.path.name}) does not export {name}")

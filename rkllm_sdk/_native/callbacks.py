@@ -10,11 +10,11 @@ layer then raises with the exception as the cause.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
 from ..arrays import IntArray, embeddings, token_ids
 from ..errors import InvalidParamsError
 from ._util import only_on
@@ -26,22 +26,20 @@ Tokenizer = Callable[[str], object]
 #: int32 token ids ``[n]`` -> float32 embeddings ``[n, hidden]`` (anything ``embeddings`` takes).
 Embedder = Callable[[IntArray], object]
 
-# Any below: the callbacks' C arguments (char*, int32_t*, void*) are cdata.
 
-
-def make_tokenizer(rt: Runtime, fn: Tokenizer, errors: list[BaseException]) -> Any:
+def make_tokenizer(rt: Runtime, fn: Tokenizer, errors: list[BaseException]) -> CData:
     """An ``LLMTokenizerCallback`` (cffi; keep it alive) that calls ``fn(text) -> token ids``."""
     only_on(rt, "1.3", "tokenizer callbacks")
     ffi = rt.ffi
 
-    def callback(_ud: Any, text: Any, text_len: int, tokens: Any, n_max: int) -> int:
+    def callback(_ud: CData, text: CData, text_len: int, tokens: CData, n_max: int) -> int:
         try:
             ids = token_ids(fn(ffi.string(text, text_len).decode("utf-8", "replace")))
             if ids.shape[0] > n_max:
                 raise InvalidParamsError(
                     f"the tokenizer gave {ids.shape[0]} tokens; the runtime takes {n_max}"
                 )
-            ffi.memmove(tokens, ffi.from_buffer(ids), ids.nbytes)
+            ffi.memmove(tokens, ids, ids.nbytes)
             return int(ids.shape[0])
         except BaseException as exc:  # reported to the caller of the run, never lost here
             errors.append(exc)
@@ -50,21 +48,23 @@ def make_tokenizer(rt: Runtime, fn: Tokenizer, errors: list[BaseException]) -> A
     return ffi.callback("LLMTokenizerCallback", callback)
 
 
-def make_embedder(rt: Runtime, fn: Embedder, errors: list[BaseException]) -> Any:
+def make_embedder(rt: Runtime, fn: Embedder, errors: list[BaseException]) -> CData:
     """An ``LLMGetEmbedCallback`` (cffi; keep it alive) that calls ``fn(ids) -> embeddings``."""
     only_on(rt, "1.3", "embedding callbacks")
     ffi = rt.ffi
 
-    def callback(_ud: Any, tokens: Any, num_tokens: int, embed: Any, length: int) -> int:
+    def callback(_ud: CData, tokens: CData, num_tokens: int, embed: CData, length: int) -> int:
         try:
-            ids = np.frombuffer(ffi.buffer(tokens, 4 * num_tokens), dtype=np.int32).copy()
+            ids = np.frombuffer(
+                memoryview(ffi.buffer(tokens, 4 * num_tokens)), dtype=np.int32
+            ).copy()
             rows = embeddings(fn(ids))
             if rows.shape[0] != num_tokens or rows.nbytes != length:
                 raise InvalidParamsError(
                     f"the embedder gave {rows.shape} float32 for {num_tokens} tokens; "
                     f"the runtime wants {length} bytes"
                 )
-            ffi.memmove(embed, ffi.from_buffer(rows), length)
+            ffi.memmove(embed, rows, length)
             return 0
         except BaseException as exc:  # reported to the caller of the run, never lost here
             errors.append(exc)

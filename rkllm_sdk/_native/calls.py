@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from .._ffi.protocols import CData
 from ..errors import GenerationError, InvalidParamsError, NativeCallError
 from ..models import CrossAttention, InferOptions, Input, LoraAdapter
 from ._util import buffer, check, cstr, optional_symbol
@@ -35,7 +35,7 @@ __all__ = [
 # ---- runs --------------------------------------------------------------------------------
 
 
-def _userdata(h: NativeHandle, channel: Channel | None) -> Any:  # Any: a void* cdata
+def _userdata(h: NativeHandle, channel: Channel | None) -> CData:  # a void*
     if channel is not None and channel.n_batch != h.n_batch:
         raise InvalidParamsError(
             f"the channel takes batches of {channel.n_batch}, the handle runs {h.n_batch}"
@@ -48,7 +48,7 @@ def run_prepared(
     prepared: RunKeepalive,
     channel: Channel | None = None,
     *,
-    userdata: Any = None,  # compat: removed once llm/stream switch
+    userdata: CData = None,  # compat: removed once llm/stream switch
 ) -> None:
     """``rkllm_run`` on a prepared run (blocking), delivering into ``channel``.
 
@@ -160,7 +160,7 @@ def kv_cache_size(h: NativeHandle) -> list[int]:
 
 def load_lora(h: NativeHandle, adapter: LoraAdapter) -> None:
     """``rkllm_load_lora``: load (or replace) an adapter; runs select it by name."""
-    keep: list[Any] = []  # Any: the C strings, alive until the call returns
+    keep: list[object] = []  # the C strings, alive until the call returns
     a = h.runtime.ffi.new("RKLLMLoraAdapter*")
     a.lora_adapter_path = cstr(h.runtime, keep, adapter.path, "LoraAdapter.path")
     a.lora_adapter_name = cstr(h.runtime, keep, adapter.name, "LoraAdapter.name")
@@ -170,7 +170,7 @@ def load_lora(h: NativeHandle, adapter: LoraAdapter) -> None:
 
 def load_prompt_cache(h: NativeHandle, path: str | os.PathLike[str]) -> None:
     """``rkllm_load_prompt_cache``: later runs reuse the cached prefix."""
-    keep: list[Any] = []  # Any: the C string, alive until the call returns
+    keep: list[object] = []  # the C string, alive until the call returns
     c = cstr(h.runtime, keep, path, "prompt cache path")
     check("rkllm_load_prompt_cache", h.runtime.lib.rkllm_load_prompt_cache(h.ptr(), c))
 
@@ -182,7 +182,7 @@ def release_prompt_cache(h: NativeHandle) -> None:
 
 def set_chat_template(h: NativeHandle, system_prompt: str, prefix: str, postfix: str) -> None:
     """``rkllm_set_chat_template``: replaces the model's template (``""`` for an empty part)."""
-    keep: list[Any] = []  # Any: the C strings, alive until the call returns
+    keep: list[object] = []  # the C strings, alive until the call returns
     rt = h.runtime
     system, pre, post = (
         cstr(rt, keep, v, n)
@@ -194,7 +194,7 @@ def set_chat_template(h: NativeHandle, system_prompt: str, prefix: str, postfix:
 def set_function_tools(
     h: NativeHandle,
     system_prompt: str,
-    tools: str | Sequence[Mapping[str, Any]],  # Any: JSON values
+    tools: str | Sequence[Mapping[str, object]],  # JSON values
     tool_response_str: str = "tool_response",
 ) -> None:
     """``rkllm_set_function_tools``: OpenAI-format tools (a JSON string or a list of dicts)."""
@@ -203,7 +203,7 @@ def set_function_tools(
             tools = json.dumps(list(tools), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise InvalidParamsError(f"tools are not JSON-serialisable: {exc}") from None
-    keep: list[Any] = []  # Any: the C strings, alive until the call returns
+    keep: list[object] = []  # the C strings, alive until the call returns
     rt = h.runtime
     rc = rt.lib.rkllm_set_function_tools(
         h.ptr(),
@@ -217,7 +217,7 @@ def set_function_tools(
 def set_cross_attention(h: NativeHandle, cross: CrossAttention | None) -> None:
     """``rkllm_set_cross_attn_params``; None clears. The handle keeps the arrays alive."""
     rt = h.runtime
-    keep: list[Any] = []  # Any: the struct and array views, read by every later run
+    keep: list[object] = []  # the struct and array views, read by every later run
     p = rt.ffi.new("RKLLMCrossAttnParam*")
     keep.append(p)
     if cross is not None:

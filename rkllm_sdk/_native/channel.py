@@ -6,31 +6,29 @@ this package hands to the runtime (:func:`userdata_for`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
+from ..arrays import FloatArray
 from ..errors import ClosedError, NativeCallError
 from ..models import CallState, PerfStats, Result
 
 __all__ = ["Channel", "Drained", "bridge_live_objects", "read_results", "userdata_for"]
 
-# Any below: result structs, pages and event pointers are cdata (dynamic fields).
-
 # ---- results ------------------------------------------------------------------------------
 
 
-def _floats(
-    rt: Runtime, ptr: Any, rows: int, cols: int
-) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+def _floats(rt: Runtime, ptr: CData, rows: int, cols: int) -> FloatArray | None:
     if ptr == rt.ffi.NULL or rows <= 0 or cols <= 0:
         return None
-    view = np.frombuffer(rt.ffi.buffer(ptr, 4 * rows * cols), dtype=np.float32)
+    view = np.frombuffer(memoryview(rt.ffi.buffer(ptr, 4 * rows * cols)), dtype=np.float32)
     return view.reshape(rows, cols).copy()  # the runtime frees its buffer after the callback
 
 
-def read_results(rt: Runtime, result: Any, n_batch: int, state: CallState) -> list[Result]:
+def read_results(rt: Runtime, result: CData, n_batch: int, state: CallState) -> list[Result]:
     """Copy the ``n_batch`` entries of an ``RKLLMResult*`` inside its callback."""
     out = []
     terminal = state in (CallState.FINISH, CallState.ERROR)
@@ -66,7 +64,7 @@ def read_results(rt: Runtime, result: Any, n_batch: int, state: CallState) -> li
 
 # ---- the C bridge's channel --------------------------------------------------------------
 
-FloatRows = np.ndarray[Any, np.dtype[np.float32]]
+FloatRows = FloatArray
 
 
 class Drained(NamedTuple):
@@ -111,7 +109,7 @@ class Channel:
         ptr = rt.bridge.rkb_channel_new(n_batch, array_rows, int(release_buffers), max_pending)
         if ptr == rt.ffi.NULL:
             raise NativeCallError("rkb_channel_new failed (out of memory or file descriptors)")
-        self._ptr: Any = ptr
+        self._ptr: CData = ptr
         self.fd: int = int(rt.bridge.rkb_channel_fd(ptr))
         self.n_batch = n_batch
         self._page = rt.ffi.new("rkb_page*")
@@ -137,7 +135,7 @@ class Channel:
         )
 
     @property
-    def userdata(self) -> Any:  # compat: removed once llm/stream switch
+    def userdata(self) -> CData:  # compat: removed once llm/stream switch
         """Deprecated: pass the channel itself to ``run_prepared``."""
         return self._ptr
 
@@ -154,7 +152,7 @@ class Channel:
         if 0 < n <= _FEW_EVENTS:
             # A consumer keeping up (a paced NPU) wakes for one or two events: reading them
             # field by field costs less than setting up the numpy columns below.
-            text = ffi.buffer(page.text, page.text_len)[:] if page.text_len else b""
+            text: bytes = ffi.buffer(page.text, page.text_len)[:] if page.text_len else b""
             for i in range(n):
                 ev = page.events[i]
                 states.append(ev.state)
@@ -169,7 +167,7 @@ class Channel:
             # Columns straight from the C event array: one pass, no per-event tuple.
             text = ffi.buffer(page.text, page.text_len)[:] if page.text_len else b""
             table = np.frombuffer(
-                ffi.buffer(page.events, n * self._dtype.itemsize), dtype=self._dtype
+                memoryview(ffi.buffer(page.events, n * self._dtype.itemsize)), dtype=self._dtype
             )
             states = table["state"].tolist()
             batches = table["batch"].tolist()
@@ -211,10 +209,10 @@ class Channel:
             perf,
         )
 
-    def _owned_rows(self, pointer: Any, rows: int, cols: int) -> FloatRows:
+    def _owned_rows(self, pointer: CData, rows: int, cols: int) -> FloatRows:
         # The bridge malloc'ed this copy for us: numpy owns it now (freed with it).
         owned = self._ffi.gc(pointer, self._bridge.rkb_free)
-        raw = self._ffi.buffer(owned, 4 * rows * cols)
+        raw = memoryview(self._ffi.buffer(owned, 4 * rows * cols))
         return np.frombuffer(raw, dtype=np.float32).reshape(rows, cols)
 
     def ack(self) -> None:
@@ -252,7 +250,7 @@ def bridge_live_objects(rt: Runtime) -> int:
     return int(rt.bridge.rkb_live_objects())
 
 
-def userdata_for(rt: Runtime, channel: Channel | None) -> Any:
+def userdata_for(rt: Runtime, channel: Channel | None) -> CData:
     """The userdata a run on ``rt`` gets: the channel's pointer (NULL: results are dropped).
 
     Raises:

@@ -26,7 +26,9 @@ def fake_stats(rt: Runtime) -> dict[str, int]:
     return {name: int(getattr(s, name)) for name, _ in rt.ffi.typeof("RKLLMFakeStats").fields}
 
 
-def fake_last_input(h: NativeHandle) -> dict[str, Any]:  # Any: the fake's JSON record
+def fake_last_input(
+    h: NativeHandle,
+) -> dict[str, Any]:  # Any: the fake's JSON record (any JSON value)
     """What the fake runtime received in this handle's last run (``rkllm_fake_last_input``).
 
     Raises:

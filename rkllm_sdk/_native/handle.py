@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
 from ..errors import ClosedError, InvalidParamsError, ModelLoadError
 from ..models import ModelParams
 from ._util import check, only_on
@@ -33,17 +33,17 @@ class NativeHandle:
     def __init__(
         self,
         runtime: Runtime,
-        ptr: Any,  # Any: the LLMHandle cdata (void*)
+        ptr: CData,  # the LLMHandle (void*)
         params: ModelParams,
-        keep: list[Any],  # Any: cdata and cffi callbacks the runtime reads until destroy
+        keep: list[object],  # cdata and cffi callbacks the runtime reads until destroy
         callback_errors: list[BaseException],
     ) -> None:
         self.runtime = runtime
         self.params = params
         self.n_batch = params.extend.n_batch or 1
         self.callback_errors = callback_errors
-        self._ptr: Any = ptr
-        self._keep: dict[str, Any] = {"init": keep}
+        self._ptr: CData = ptr
+        self._keep: dict[str, list[object] | None] = {"init": keep}
         self._lock = threading.Lock()
 
     @property
@@ -51,7 +51,7 @@ class NativeHandle:
         """True once destroyed."""
         return self._ptr is None
 
-    def ptr(self) -> Any:
+    def ptr(self) -> CData:
         """The C handle (hazmat); raises ClosedError once destroyed."""
         ptr = self._ptr
         if ptr is None:
@@ -67,12 +67,12 @@ def init(
     rt: Runtime,
     model_path: str | os.PathLike[str],
     params: ModelParams,
-    result_callback: Any = None,  # compat: removed once llm/stream switch
+    result_callback: CData = None,  # compat: removed once llm/stream switch
     *,
     tokenizer: Tokenizer | None = None,
     embedder: Embedder | None = None,
-    tokenizer_callback: Any = None,  # compat: removed once llm/stream switch
-    embed_callback: Any = None,  # compat: removed once llm/stream switch
+    tokenizer_callback: CData = None,  # compat: removed once llm/stream switch
+    embed_callback: CData = None,  # compat: removed once llm/stream switch
 ) -> NativeHandle:
     """``rkllm_init`` with the bridge's C result callback (runs deliver into a :class:`Channel`).
 
@@ -95,7 +95,7 @@ def init(
         # compat: removed once llm/stream switch (the old form passed the bridge's callback)
         raise InvalidParamsError("init() installs the bridge's result callback itself")
     errors: list[BaseException] = []
-    keep: list[Any] = [bridge_callback]
+    keep: list[object] = [bridge_callback]
     if tokenizer is not None:
         tokenizer_callback = make_tokenizer(rt, tokenizer, errors)
     if embedder is not None:
@@ -127,7 +127,7 @@ def init(
     return NativeHandle(rt, handle[0], effective, keep, errors)
 
 
-def _same_function(rt: Runtime, a: Any, b: Any) -> bool:  # compat: removed with init's
+def _same_function(rt: Runtime, a: CData, b: CData) -> bool:  # compat: removed with init's
     try:
         return bool(rt.ffi.cast("void*", a) == rt.ffi.cast("void*", b))
     except TypeError:  # not a C function pointer

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
 from ..errors import InvalidParamsError, UnsupportedOnABIError
 from ..models import (
     EmbedInput,
@@ -23,10 +23,8 @@ from .params import SAMPLING_FIELDS
 
 __all__ = ["RunKeepalive", "prepare_run"]
 
-# Any below: the C structs being filled are cdata (dynamic fields).
 
-
-def _fill_input(rt: Runtime, c: Any, item: Input, keep: list[Any]) -> None:
+def _fill_input(rt: Runtime, c: CData, item: Input, keep: list[object]) -> None:
     c.role = cstr(rt, keep, item.role, "role")
     c.enable_thinking = item.enable_thinking
     if isinstance(item, Prompt):
@@ -47,7 +45,7 @@ def _fill_input(rt: Runtime, c: Any, item: Input, keep: list[Any]) -> None:
         raise InvalidParamsError(f"not an input model: {type(item).__name__}")
 
 
-def _fill_multimodal(rt: Runtime, mm: Any, item: MultimodalInput, keep: list[Any]) -> None:
+def _fill_multimodal(rt: Runtime, mm: CData, item: MultimodalInput, keep: list[object]) -> None:
     mm.prompt = cstr(rt, keep, item.prompt, "prompt")
     image, video = item.image, item.video
     if rt.abi == "1.2":
@@ -82,7 +80,7 @@ def _fill_multimodal(rt: Runtime, mm: Any, item: MultimodalInput, keep: list[Any
         vd.frame_width, vd.frame_height = video.frame_width, video.frame_height
 
 
-def _infer_struct(h: NativeHandle, options: InferOptions, keep: list[Any]) -> Any:
+def _infer_struct(h: NativeHandle, options: InferOptions, keep: list[object]) -> CData:
     rt = h.runtime
     p = rt.ffi.new("RKLLMInferParam*")
     keep.append(p)
@@ -122,7 +120,7 @@ class RunKeepalive:
 
     __slots__ = ("_keep", "infer", "inputs")
 
-    def __init__(self, inputs: Any, infer: Any, keep: list[Any]) -> None:
+    def __init__(self, inputs: CData, infer: CData, keep: list[object]) -> None:
         self.inputs = inputs  # RKLLMInput[]
         self.infer = infer  # RKLLMInferParam*
         self._keep = keep
@@ -141,7 +139,7 @@ def prepare_run(
         raise InvalidParamsError(
             f"this handle runs batches of {h.n_batch} inputs, got {len(items)}"
         )
-    keep: list[Any] = []
+    keep: list[object] = []
     arr = h.runtime.ffi.new("RKLLMInput[]", len(items))
     keep.append(arr)
     for c, item in zip(arr, items, strict=True):

@@ -9,6 +9,7 @@ import attrs
 import numpy as np
 
 from .._ffi.loader import Runtime
+from .._ffi.protocols import CData
 from ..errors import UnsupportedOnABIError
 from ..models import ExtendParams, ModelParams
 from ._util import cstr, only_on
@@ -91,7 +92,7 @@ def merge_params(base: ModelParams, override: ModelParams) -> ModelParams:
     return attrs.evolve(base, **changes, extend=attrs.evolve(base.extend, **ext))
 
 
-def _fill_extend(e: Any, ext: ExtendParams) -> None:  # Any: an RKLLMExtendParam cdata
+def _fill_extend(e: CData, ext: ExtendParams) -> None:  # an RKLLMExtendParam
     if ext.base_domain_id is not None:
         e.base_domain_id = ext.base_domain_id
     if ext.embed_flash is not None:
@@ -106,8 +107,8 @@ def _fill_extend(e: Any, ext: ExtendParams) -> None:  # Any: an RKLLMExtendParam
 
 
 def param_struct(
-    rt: Runtime, model_path: str | os.PathLike[str], params: ModelParams, keep: list[Any]
-) -> Any:
+    rt: Runtime, model_path: str | os.PathLike[str], params: ModelParams, keep: list[object]
+) -> CData:
     """An ``RKLLMParam*``: the runtime's defaults with ``params`` applied; ``keep`` owns it.
 
     Raises:

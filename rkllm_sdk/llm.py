@@ -36,7 +36,7 @@ from .metrics import MetricsSnapshot
 from .models import CrossAttention, InferMode, Input, LoraAdapter, ModelParams
 from .options import RunOptions
 from .results import Generation, RuntimeInfo
-from .stream import PromptLike, TokenStream, open_stream
+from .stream import PromptLike, TokenStream, collect_arrays, open_stream
 from .tools import ToolLike
 
 __all__ = ["AsyncLLM", "HandleInfo", "PromptLike", "handle_core", "open_handles"]
@@ -257,20 +257,6 @@ class AsyncLLM:
             await s.final()
             return s.results()
 
-    async def _array(
-        self, prompt: PromptLike, mode: InferMode, all_tokens: bool, keep_history: bool
-    ) -> FloatArray:
-        stream = open_stream(
-            self._core,
-            prompt,
-            mode=mode,
-            array_rows=2 if all_tokens else 1,
-            keep_history=keep_history,
-        )
-        async with stream as s:
-            await s.final()
-            return s._arrays(0)
-
     async def logits(
         self, prompt: PromptLike, *, all_tokens: bool = False, keep_history: bool = False
     ) -> FloatArray:
@@ -281,7 +267,13 @@ class AsyncLLM:
 
         >>> (await llm.logits("The capital of France is")).argmax()  # doctest: +SKIP
         """
-        return await self._array(prompt, InferMode.GET_LOGITS, all_tokens, keep_history)
+        return await collect_arrays(
+            self._core,
+            prompt,
+            InferMode.GET_LOGITS,
+            all_tokens=all_tokens,
+            keep_history=keep_history,
+        )
 
     async def hidden_states(
         self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
@@ -293,7 +285,13 @@ class AsyncLLM:
 
         >>> (await llm.hidden_states("Hello")).shape  # doctest: +SKIP
         """
-        return await self._array(prompt, InferMode.GET_LAST_HIDDEN_LAYER, all_tokens, keep_history)
+        return await collect_arrays(
+            self._core,
+            prompt,
+            InferMode.GET_LAST_HIDDEN_LAYER,
+            all_tokens=all_tokens,
+            keep_history=keep_history,
+        )
 
     def abort(self) -> None:
         """Abort the run in progress, if any, without waiting (as :meth:`TokenStream.abort`).

@@ -25,7 +25,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -203,7 +203,7 @@ _Labels = tuple[str, str]  # (model file name, ABI)
 class _State:
     """One recorder's counts with their lock; also the form of a retired aggregate."""
 
-    labels: _Labels | None
+    labels: _Labels
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     counts: _Counts = attrs.field(factory=_Counts)
     # Set once the counts are folded into the label set's retired aggregate: outcomes recorded
@@ -230,20 +230,13 @@ def _drain() -> None:
     """Fold pending retirements into their label set's aggregate (caller holds ``_lock``)."""
     while _pending:
         state = _pending.popleft()
-        if state not in _live:  # never joined, or already folded
+        if state not in _live:  # already folded
             continue
         _live.discard(state)
-        assert state.labels is not None  # only labelled states join
         aggregate = _retired.setdefault(state.labels, _State(state.labels))
         with state.lock, aggregate.lock:
             aggregate.counts.fold(state.counts, gauges=False)
             state.retired_into = aggregate
-
-
-def _join(state: _State) -> None:
-    with _lock:
-        _drain()
-        _live.add(state)
 
 
 class Recorder:
@@ -260,20 +253,17 @@ class Recorder:
     >>> rec.retire()
     """
 
-    # compat: removed once llm/stream switch -- the defaults (model=None, abi=None), so that
-    # ``Recorder()`` followed by ``register(llm, recorder)`` keeps working.
-    def __init__(self, model: str | None = None, abi: str | None = None) -> None:
-        if (model is None) != (abi is None):
-            raise TypeError("Recorder() takes both model and abi")
-        self._state = _State(None if model is None or abi is None else (model, abi))
+    def __init__(self, model: str, abi: str) -> None:
+        self._state = _State((model, abi))
         # Dropped without retire(): retire anyway (the callback must not hold the recorder).
         self._finalizer = weakref.finalize(self, _pending.append, self._state)
         self._finalizer.atexit = False
-        if self._state.labels is not None:
-            _join(self._state)
+        with _lock:
+            _drain()
+            _live.add(self._state)
 
     @property
-    def labels(self) -> tuple[str, str] | None:
+    def labels(self) -> tuple[str, str]:
         """``(model, abi)``: the label set this recorder reports under."""
         return self._state.labels
 
@@ -353,54 +343,6 @@ class Recorder:
         with _lock:
             _drain()
 
-    # ---- compat: removed once llm/stream switch --------------------------------------------
-
-    def finished(
-        self, *, seconds: float, ttft_ms: float | None, perf: PerfStats | None, error: str | None
-    ) -> None:
-        """Compat: record an outcome without touching ``active`` (use :meth:`run_finished`)."""
-        self._record(seconds=seconds, ttft_ms=ttft_ms, perf=perf, error=error, started=False)
-
-    @property
-    def queued(self) -> int:
-        """Compat: callers waiting (use :meth:`queue_entered` / :meth:`queue_left`)."""
-        return self._state.counts.queued
-
-    @queued.setter
-    def queued(self, value: int) -> None:
-        with self._state.lock:
-            self._state.counts.queued = value
-
-    @property
-    def active(self) -> int:
-        """Compat: runs in progress (use :meth:`run_started` / :meth:`run_finished`)."""
-        return self._state.counts.active
-
-    @active.setter
-    def active(self, value: int) -> None:
-        with self._state.lock:
-            self._state.counts.active = value
-
-
-class _Handle(Protocol):  # compat: removed once llm/stream switch
-    @property
-    def model_path(self) -> str: ...
-    @property
-    def runtime(self) -> _HasABI: ...
-
-
-class _HasABI(Protocol):  # compat: removed once llm/stream switch
-    @property
-    def abi(self) -> str: ...
-
-
-def register(llm: _Handle, recorder: Recorder) -> None:  # compat: removed once llm/stream switch
-    """Compat: label an unlabelled ``Recorder()`` after its handle and join the process view."""
-    state = recorder._state
-    if state.labels is None:
-        state.labels = (Path(llm.model_path).name, llm.runtime.abi)
-        _join(state)
-
 
 # ---- the process-wide view -----------------------------------------------------------------
 
@@ -411,7 +353,6 @@ def _groups() -> dict[_Labels, _Counts]:
     with _lock:
         _drain()
         for state in _live:
-            assert state.labels is not None
             groups.setdefault(state.labels, _Counts()).fold(state.copy(), gauges=True)
         for labels, aggregate in _retired.items():
             groups.setdefault(labels, _Counts()).fold(aggregate.copy(), gauges=False)

@@ -42,7 +42,7 @@ from .models import CallState, InferMode, InferOptions, Input, Prompt, PromptCac
 from .options import RunOptions
 from .results import Chunk, Generation
 
-__all__ = ["PromptLike", "TokenStream", "open_stream"]
+__all__ = ["PromptLike", "TokenStream", "collect_arrays", "next_chunks", "open_stream"]
 
 PromptLike = str | Input | Sequence[Input]
 """What a run takes: text, one input model, or one input per batch entry."""
@@ -106,6 +106,37 @@ def open_stream(
         array_rows=array_rows,
         setup=setup,
     )
+
+
+async def collect_arrays(
+    core: HandleCore, prompt: PromptLike, mode: InferMode, *, all_tokens: bool, keep_history: bool
+) -> FloatArray:
+    """One run in a logits / hidden-state mode: the rows of its (single) input.
+
+    Raises:
+        AbortedError: the run was aborted before its arrays were complete.
+    """
+    stream = open_stream(
+        core, prompt, mode=mode, array_rows=2 if all_tokens else 1, keep_history=keep_history
+    )
+    async with stream as s:
+        await s.final()
+        return s._arrays(0)
+
+
+async def next_chunks(stream: TokenStream) -> list[Chunk]:
+    """Every chunk ready now (waiting for at least one); [] at the end. For the sync twin:
+    one hop to the loop's thread fetches them all."""
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        return []
+    ready = [first]
+    assert stream._decoder is not None
+    chunks = stream._decoder.chunks
+    while chunks:
+        ready.append(chunks.popleft())
+    return ready
 
 
 class TokenStream:
@@ -340,19 +371,6 @@ class TokenStream:
             self._since_checkpoint = 0
             await anyio.lowlevel.checkpoint()
         return decoder.chunks.popleft()
-
-    async def _next_many(self) -> list[Chunk]:
-        """Every chunk ready now (waiting for at least one); [] at the end. For the sync twin."""
-        try:
-            first = await self.__anext__()
-        except StopAsyncIteration:
-            return []
-        ready = [first]
-        assert self._decoder is not None
-        chunks = self._decoder.chunks
-        while chunks:
-            ready.append(chunks.popleft())
-        return ready
 
     async def _pump(self) -> None:
         # Drains until it has chunks (or the run ended), waiting on the fd when empty.

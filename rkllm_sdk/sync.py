@@ -30,7 +30,7 @@ from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
 from .options import RunOptions, TurnOptions
 from .results import Chunk, Generation, RuntimeInfo
-from .stream import PromptLike, TokenStream
+from .stream import PromptLike, TokenStream, next_chunks
 from .tools import ToolLike
 
 __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
@@ -76,7 +76,7 @@ class SyncTokenStream:
     def __next__(self) -> Chunk:
         if self._pos == len(self._ready):
             # One hop to the loop thread fetches every chunk ready, not one.
-            self._ready = self._portal.call(self._stream._next_many)
+            self._ready = self._portal.call(next_chunks, self._stream)
             self._pos = 0
             if not self._ready:
                 raise StopIteration
@@ -104,6 +104,14 @@ class SyncTokenStream:
         >>> s.pause()  # doctest: +SKIP
         """
         self._portal.call(self._stream.pause)
+
+    @property
+    def finished(self) -> bool:
+        """True once the run has ended and every chunk has been produced.
+
+        >>> s.finished  # doctest: +SKIP
+        """
+        return self._stream.finished
 
     def result(self, batch: int = 0) -> Generation:
         """The finished run's :class:`Generation`.
@@ -136,6 +144,30 @@ class SyncChatSession:
         """Internal: use ``llm.chat(...)``."""
         self._portal = portal
         self.session = session
+
+    @property
+    def system(self) -> str | None:
+        """The session's system prompt.
+
+        >>> chat.system  # doctest: +SKIP
+        """
+        return self.session.system
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The session's tools, as OpenAI-format dicts.
+
+        >>> [t["function"]["name"] for t in chat.tools]  # doctest: +SKIP
+        """
+        return self.session.tools
+
+    @property
+    def thinking(self) -> bool:
+        """Whether the session asks the model to think.
+
+        >>> chat.thinking  # doctest: +SKIP
+        """
+        return self.session.thinking
 
     @property
     def turns(self) -> list[ChatReply]:

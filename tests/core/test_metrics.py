@@ -177,14 +177,6 @@ def test_concurrent_threads_leave_the_gauges_at_zero() -> None:
     rec.retire()
 
 
-def test_recorder_needs_both_labels_or_none() -> None:
-    """A model label without an ABI (or the reverse) is a TypeError."""
-    with pytest.raises(TypeError, match="both model and abi"):
-        Recorder("m.rkllm")
-    with pytest.raises(TypeError, match="both model and abi"):
-        Recorder(abi="1.3")
-
-
 def test_a_new_recorder_joins_the_process_view() -> None:
     """Creating a recorder makes its label set appear, all zero, and its runs count in totals."""
     model, abi = unique_labels()
@@ -300,31 +292,6 @@ def test_exposition_names_and_types() -> None:
     assert text.endswith("\n")
     (rss,) = [v for (name, _), v in exposition().items() if name.startswith("rkllm_process")]
     assert rss > 1
-
-
-def test_compat_recorder_and_register_still_work() -> None:
-    """The old path (Recorder(), register(llm, recorder), queued / active, finished) still works."""
-
-    class Runtime:
-        abi = "1.2"
-
-    class Handle:
-        model_path = f"/models/compat-{uuid.uuid4().hex}.rkllm"
-        runtime = Runtime()
-
-    rec = Recorder()
-    assert rec.labels is None
-    metrics.register(Handle(), rec)
-    model = Path(Handle.model_path).name
-    assert rec.labels == (model, "1.2")
-    rec.queued += 1
-    rec.active += 1
-    assert series(model, "1.2") == expected(ok=0, queued=1, active=1)
-    rec.queued -= 1
-    rec.active -= 1
-    rec.finished(seconds=2.0, ttft_ms=None, perf=None, error=None)
-    assert series(model, "1.2") == expected(ok=1, run_seconds=2.0)
-    rec.retire()
 
 
 def test_metrics_imports_no_client_module() -> None:

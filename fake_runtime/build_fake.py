@@ -98,6 +98,7 @@ def _sanitized_executable(abi: str, sources: list[Path], out: Path, sanitizer: s
         "-pthread",
         *WARNINGS,
         f"-fsanitize={sanitizer}",
+        *(["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []),
         "-fno-omit-frame-pointer",
         f"-DRKLLM_ABI={abi.replace('.', '')}",
         f"-I{HERE / 'include'}",
@@ -118,6 +119,46 @@ def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
     LeakSanitizer runs, which a Python host process cannot give.
     """
     return _sanitized_executable(abi, [*SOURCES, HERE / "tests" / "stress.c"], out, sanitizer)
+
+
+def build_test_program(
+    abi: str,
+    source: Path,
+    out: Path,
+    *,
+    library: Path | None = None,
+    sanitizer: str | None = None,
+) -> Path:
+    """Compile a C test program (``fake_runtime/tests/*.c``) against the fake for ``abi``.
+
+    With ``library``, the program links that built fake (the sanitizer job passes its
+    ASan/UBSan build); with ``sanitizer``, it is compiled together with the fake's sources
+    under ``-fsanitize=<sanitizer>`` (as :func:`build_stress`).
+    """
+    if (library is None) == (sanitizer is None):
+        raise ValueError("give exactly one of library and sanitizer")
+    if sanitizer is not None:
+        return _sanitized_executable(abi, [*SOURCES, source], out, sanitizer)
+    if abi not in ABIS:
+        raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
+    assert library is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        *compiler(),
+        "-std=c11",
+        "-O1",
+        "-g",
+        "-pthread",
+        *WARNINGS,
+        f"-DRKLLM_ABI={abi.replace('.', '')}",
+        f"-I{HERE / 'include'}",
+        str(source),
+        str(library),
+        "-o",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True)
+    return out
 
 
 def build_bridge_stress(out: Path, sanitizer: str) -> Path:

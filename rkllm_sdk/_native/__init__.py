@@ -28,8 +28,6 @@ from __future__ import annotations
 
 # __all__ below makes these the package's re-exports (mypy's implicit re-export rule).
 from .callbacks import Embedder, Tokenizer
-from .callbacks import make_embedder as python_embedder  # compat: removed once llm/stream switch
-from .callbacks import make_tokenizer as python_tokenizer  # compat: removed once llm/stream switch
 from .calls import (
     abort,
     clear_kv_cache,
@@ -76,8 +74,6 @@ __all__ = [
     "prepare_run",
     "print_memorys",
     "print_timings",
-    "python_embedder",  # compat: removed once llm/stream switch
-    "python_tokenizer",  # compat: removed once llm/stream switch
     "read_results",
     "release_prompt_cache",
     "run",

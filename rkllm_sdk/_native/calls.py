@@ -46,9 +46,7 @@ def _userdata(h: NativeHandle, channel: Channel | None) -> CData:  # a void*
 def run_prepared(
     h: NativeHandle,
     prepared: RunKeepalive,
-    channel: Channel | None = None,
-    *,
-    userdata: CData = None,  # compat: removed once llm/stream switch
+    channel: Channel,
 ) -> None:
     """``rkllm_run`` on a prepared run (blocking), delivering into ``channel``.
 
@@ -60,8 +58,6 @@ def run_prepared(
         ClosedError: the handle is destroyed or the channel freed.
     """
     ud = _userdata(h, channel)
-    if channel is None and userdata is not None:  # compat: removed once llm/stream switch
-        ud = userdata
     rc = h.runtime.lib.rkllm_run(h.ptr(), prepared.inputs, prepared.infer, ud)
     check("rkllm_run", rc, GenerationError)
 

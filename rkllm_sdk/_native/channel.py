@@ -134,11 +134,6 @@ class Channel:
             }
         )
 
-    @property
-    def userdata(self) -> CData:  # compat: removed once llm/stream switch
-        """Deprecated: pass the channel itself to ``run_prepared``."""
-        return self._ptr
-
     def drain(self) -> Drained:
         """Take every pending event (never blocks). Empty: the next event will wake :attr:`fd`."""
         ffi, page = self._ffi, self._page

@@ -7,9 +7,9 @@ import threading
 
 from .._ffi.loader import Runtime
 from .._ffi.protocols import CData
-from ..errors import ClosedError, InvalidParamsError, ModelLoadError
+from ..errors import ClosedError, ModelLoadError
 from ..models import ModelParams
-from ._util import check, only_on
+from ._util import check
 from .callbacks import Embedder, Tokenizer, make_embedder, make_tokenizer
 from .params import default_params, merge_params, param_struct
 
@@ -67,12 +67,9 @@ def init(
     rt: Runtime,
     model_path: str | os.PathLike[str],
     params: ModelParams,
-    result_callback: CData = None,  # compat: removed once llm/stream switch
     *,
     tokenizer: Tokenizer | None = None,
     embedder: Embedder | None = None,
-    tokenizer_callback: CData = None,  # compat: removed once llm/stream switch
-    embed_callback: CData = None,  # compat: removed once llm/stream switch
 ) -> NativeHandle:
     """``rkllm_init`` with the bridge's C result callback (runs deliver into a :class:`Channel`).
 
@@ -91,20 +88,14 @@ def init(
         ModelLoadError: the runtime refused (its log line says why).
     """
     bridge_callback = rt.bridge.rkb_result_callback
-    if result_callback is not None and not _same_function(rt, result_callback, bridge_callback):
-        # compat: removed once llm/stream switch (the old form passed the bridge's callback)
-        raise InvalidParamsError("init() installs the bridge's result callback itself")
     errors: list[BaseException] = []
     keep: list[object] = [bridge_callback]
-    if tokenizer is not None:
-        tokenizer_callback = make_tokenizer(rt, tokenizer, errors)
-    if embedder is not None:
-        embed_callback = make_embedder(rt, embedder, errors)
+    # Refused on 1.2 by name, before any C is touched.
+    tokenizer_callback = make_tokenizer(rt, tokenizer, errors) if tokenizer is not None else None
+    embed_callback = make_embedder(rt, embedder, errors) if embedder is not None else None
     p = param_struct(rt, model_path, params, keep)
     handle = rt.ffi.new("LLMHandle*")
     if rt.abi == "1.2":
-        if tokenizer_callback is not None or embed_callback is not None:
-            only_on(rt, "1.3", "tokenizer / embedding callbacks")
         rc = rt.lib.rkllm_init(handle, p, bridge_callback)
     else:
         cb = rt.ffi.new("RKLLMCallback*")
@@ -125,13 +116,6 @@ def init(
         )
     effective = merge_params(default_params(rt), params)
     return NativeHandle(rt, handle[0], effective, keep, errors)
-
-
-def _same_function(rt: Runtime, a: CData, b: CData) -> bool:  # compat: removed with init's
-    try:
-        return bool(rt.ffi.cast("void*", a) == rt.ffi.cast("void*", b))
-    except TypeError:  # not a C function pointer
-        return False
 
 
 def destroy(h: NativeHandle) -> None:

@@ -23,6 +23,7 @@ from .conftest import Recorder
 def open_handle(
     rt: Runtime, model: Path, params: rk.ModelParams | None = None, rec: Recorder | None = None
 ) -> tuple[native.NativeHandle, Recorder]:
+    """A handle with the given parameters and a recorder of its batch size."""
     n_batch = (params.extend.n_batch if params else None) or 1
     return native.init(rt, model, params or rk.ModelParams()), rec or Recorder(rt, n_batch)
 

@@ -92,7 +92,8 @@ def test_destroy_during_a_blocked_run_aborts_it_and_frees_everything(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """rkllm_destroy from a SIGINT handler on the blocked thread, or from another thread, never deadlocks: rkllm_run returns after one FINISH, the handle is gone (a second destroy is -1), nothing leaks."""
+    """Destroy from a SIGINT handler on the blocked thread or from another thread aborts the run,
+    rkllm_run returns after one FINISH, the handle is gone (destroy again: -1), nothing leaks."""
     exe = program(abi, build, tmp_path_factory)
     proc = subprocess.run(
         [str(exe), str(model_file(tmp_path, hang=hang)), mode],
@@ -109,7 +110,7 @@ def test_destroy_during_a_blocked_run_aborts_it_and_frees_everything(
 def test_destroy_then_exit_from_the_handler_like_the_vendor_demo(
     abi: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """The vendor demo's handler (rkllm_destroy, then exit) returns from destroy at once: the process exits with the handler's code."""
+    """The vendor demo's handler (rkllm_destroy, then exit) gets 0 from destroy at once, exits."""
     exe = program(abi, "library", tmp_path_factory)
     proc = subprocess.run(
         [str(exe), str(model_file(tmp_path, hang=False)), "signal-exit"],

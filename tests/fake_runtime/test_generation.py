@@ -148,7 +148,7 @@ def test_ignore_eos_token_keeps_generating_to_the_limit(drv: Driver, model: Mode
 
 
 def test_partial_waiting_callbacks_carry_the_split_bytes(drv: Driver, model: ModelFactory) -> None:
-    """With "waiting_text": "partial", pieces cut through characters and exactly those say WAITING."""
+    """With "waiting_text": "partial", pieces cut through characters; exactly those say WAITING."""
     reply = "日本語 and émoji 🚀🤖 mixed: 你好世界"
     h = drv.init(model(script=[{"match": "x", "reply": reply}], waiting_text="partial"))
     run = h.run("x")
@@ -187,7 +187,7 @@ def test_held_waiting_callbacks_are_empty_and_normal_ones_whole(
 def test_held_last_token_drops_only_the_unfinished_character(
     drv: Driver, model: ModelFactory
 ) -> None:
-    """A max_new_tokens cut inside a character ends on NORMAL with the whole characters before it."""
+    """A max_new_tokens cut inside a character ends on NORMAL with the whole characters before."""
     reply = "你好世界你好世界"
     script = [{"match": "x", "reply": reply}]
     pieces = reference_pieces(reply)

@@ -223,7 +223,7 @@ def set_cross_attention(h: NativeHandle, cross: CrossAttention | None) -> None:
         p.encoder_pos = buffer(rt, keep, cross.positions, "int32_t")
         p.num_tokens = cross.num_tokens
     check("rkllm_set_cross_attn_params", rt.lib.rkllm_set_cross_attn_params(h.ptr(), p))
-    h._keep["cross"] = keep if cross is not None else None
+    h.hold("cross", keep if cross is not None else None)  # read by every later run
 
 
 # ---- undocumented symbols ----------------------------------------------------------------

@@ -51,6 +51,10 @@ class NativeHandle:
         """True once destroyed."""
         return self._ptr is None
 
+    def hold(self, name: str, objects: list[object] | None) -> None:
+        """Keep ``objects`` alive until destroy (the runtime reads them), replacing ``name``'s."""
+        self._keep[name] = objects
+
     def ptr(self) -> CData:
         """The C handle (hazmat); raises ClosedError once destroyed."""
         ptr = self._ptr

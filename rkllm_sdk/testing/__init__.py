@@ -118,6 +118,9 @@ class FakeModel:
         natural_end: False never stops before ``max_new_tokens``.
         internal_tokenizer / internal_embedding: False needs the runtime 1.3 callbacks.
         faults: injected failures.
+        waiting_text: what a ``RKLLM_RUN_WAITING`` callback carries: ``"held"`` (the
+            default: empty text, the split character comes whole in the next NORMAL
+            callback) or ``"partial"`` (the character's first bytes, as before).
 
     >>> model = FakeModel(replies={"Hello": "Hi!"}, decode_ms=5)
     >>> path = model.write(tmp_path / "model.json")  # doctest: +SKIP
@@ -134,6 +137,9 @@ class FakeModel:
     internal_tokenizer: bool = True
     internal_embedding: bool = True
     faults: Faults | str | None = None
+    waiting_text: str = attrs.field(
+        default="held", validator=attrs.validators.in_(("held", "partial"))
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The model file's JSON object."""
@@ -153,6 +159,8 @@ class FakeModel:
         faults = self.faults.spec() if isinstance(self.faults, Faults) else self.faults
         if faults:
             body["faults"] = faults
+        if self.waiting_text != "held":
+            body["waiting_text"] = self.waiting_text
         return body
 
     def write(self, path: str | os.PathLike[str]) -> Path:

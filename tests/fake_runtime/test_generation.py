@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+from rkllm_sdk.testing import FakeModel
 
 from .conftest import ModelFactory
 from .driver import ERROR, FINISH, NORMAL, WAITING, Driver, reference_pieces
@@ -323,3 +326,18 @@ def test_a_slow_consumer_slows_decoding(drv: Driver, model: ModelFactory) -> Non
     )
     perf = h.run("slow").terminal.items[0].perf
     assert perf["generate_time_ms"] >= 6 * (2 + 10) - 1
+
+
+REPLY = "日本語 and émoji 🚀🤖 mixed: 你好世界"
+
+
+@pytest.mark.parametrize("waiting_text", ["held", "partial"])
+def test_fake_model_waiting_text_selects_the_reading(
+    drv: Driver, tmp_path: Path, waiting_text: str
+) -> None:
+    """rkllm_sdk.testing.FakeModel(waiting_text=...) selects what WAITING callbacks carry."""
+    path = FakeModel(replies={"x": REPLY}, waiting_text=waiting_text).write(tmp_path / "m.json")
+    run = drv.init(path).run("x")
+    waiting = [e.items[0].text for e in run.tokens if e.state == WAITING]
+    assert waiting and run.text() == REPLY
+    assert all(t == b"" for t in waiting) == (waiting_text == "held")

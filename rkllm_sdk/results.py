@@ -111,7 +111,7 @@ class Chunk(NamedTuple):
         thinking: the text is part of the model's ``<think>...</think>`` block (tags included).
         in_tool_call: the text is part of a ``<tool_call>...</tool_call>`` block.
         tool_calls: on the chunk that closes a tool-call block, the calls parsed from it
-            (JSON repaired; checked against schemas by :class:`ChatSession`).
+            (JSON repaired, not checked against schemas: ``ChatSession.reply_from`` checks them).
     """
 
     seq: int

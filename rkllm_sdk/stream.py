@@ -170,6 +170,7 @@ class TokenStream:
         self._setup = setup
         self._measure = measure_latency
         self._state = "new"
+        self._abort_requested = False
         self._decoder: Decoder | None = None
         self._channel: native.Channel | None = None
         self._prepared: native.RunKeepalive | None = None
@@ -217,6 +218,8 @@ class TokenStream:
             self._state = "running"
             thread.start()
             recorder.run_started()
+            if self._abort_requested:  # abort() came while the run was being set up
+                self.abort()
         except BaseException as exc:
             self._state = "closed"
             self._release_channel()
@@ -331,7 +334,9 @@ class TokenStream:
 
         >>> s.abort()  # doctest: +SKIP
         """
-        if self._state == "running" and self._decoder is not None:
+        if self._state == "starting":  # queued or setting up: applied once the run starts
+            self._abort_requested = True
+        elif self._state == "running" and self._decoder is not None:
             self._decoder.abort_reason = self._decoder.abort_reason or "abort"
             self._core.abort_native()
 
@@ -428,7 +433,10 @@ class TokenStream:
                 error.__cause__ = cause
             self._error = error
         elif incomplete:
-            # Logits / hidden states of an aborted run are partial: there is no result.
+            # Logits / hidden states of an aborted run are partial: there is no result (and
+            # the rows delivered so far are let go at once: they hold the bridge's memory).
+            for b in decoder.batches:
+                b.arrays.clear()
             self._record(error="AbortedError")
             self._error = AbortedError("the run was aborted before it produced its arrays")
         else:
@@ -455,7 +463,7 @@ class TokenStream:
         >>> s.result().text  # doctest: +SKIP
         """
         if self._result is None:
-            if self._state == "closed" and self._decoder is not None:
+            if self._state in ("closing", "closed") and self._decoder is not None:
                 if self._core.closed:
                     raise ClosedError("the model handle was closed during the run")
                 raise AbortedError("the stream was closed before the run finished")

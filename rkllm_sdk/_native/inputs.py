@@ -99,9 +99,9 @@ def _infer_struct(h: NativeHandle, options: InferOptions, keep: list[object]) ->
         p.prompt_cache_params = pc
     if rt.abi == "1.2":
         if options.sampling is not None:
-            only_on(rt, "1.3", "per-run sampling (InferOptions.sampling)")
+            only_on(rt, "1.3", "per-run sampling (the sampling= option)")
         if options.max_new_tokens is not None:
-            only_on(rt, "1.3", "per-run max_new_tokens (InferOptions.max_new_tokens)")
+            only_on(rt, "1.3", "per-run max_new_tokens (the max_new_tokens= option)")
         return p
     if options.max_new_tokens is not None:
         p.max_new_tokens = options.max_new_tokens

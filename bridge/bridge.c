@@ -38,7 +38,7 @@ struct rkb_channel {
     int run_rc;
     atomic_int pause;
     atomic_int closed;
-    RKLLMPerfStat perf[8];
+    RKLLMPerfStat perf[RKB_MAX_BATCH];
 };
 
 static atomic_llong g_live;
@@ -61,7 +61,7 @@ static void page_free(page_buf* p, int owns_arrays) {
 }
 
 API rkb_channel* rkb_channel_new(int n_batch, int array_rows, int release_buffers, size_t max_pending) {
-    if (n_batch < 1 || n_batch > 8 || array_rows < 0 || array_rows > 2) return NULL;
+    if (n_batch < 1 || n_batch > RKB_MAX_BATCH || array_rows < 0 || array_rows > 2) return NULL;
     rkb_channel* ch = calloc(1, sizeof *ch);
     if (!ch) return NULL;
     ch->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -242,13 +242,13 @@ API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState st
 
     /* Copy outside the lock: the consumer may be draining meanwhile. */
     size_t text_bytes = 0;
-    size_t lens[8];
+    size_t lens[RKB_MAX_BATCH];
     for (int b = 0; b < ch->n_batch; b++) {
         lens[b] = (!terminal && result[b].text) ? strlen(result[b].text) : 0;
         text_bytes += lens[b];
     }
-    float* arrays[8] = {0};
-    int kinds[8] = {0}, rows[8] = {0}, cols[8] = {0};
+    float* arrays[RKB_MAX_BATCH] = {0};
+    int kinds[RKB_MAX_BATCH] = {0}, rows[RKB_MAX_BATCH] = {0}, cols[RKB_MAX_BATCH] = {0};
     if (ch->array_rows && !terminal) {
         for (int b = 0; b < ch->n_batch; b++) {
             const RKLLMResultLogits* lg = &result[b].logits;
@@ -292,7 +292,7 @@ API int rkb_result_callback(RKLLMResult* result, void* userdata, LLMCallState st
             e->text_off = 0;
             e->text_len = RKB_NO_TEXT;
         }
-        if (terminal && b < 8) ch->perf[b] = result[b].perf;
+        if (terminal && b < RKB_MAX_BATCH) ch->perf[b] = result[b].perf;
     }
     if (terminal) {
         ch->finished = 1;

@@ -21,6 +21,9 @@ extern "C" {
 #endif
 
 #define RKB_NO_TEXT 0xFFFFFFFFu
+/* The most batches one run can have (the runtime's n_batch limit). The SDK's cdef of
+ * rkb_page spells this size out as 8: change both together. */
+#define RKB_MAX_BATCH 8
 
 typedef struct {
     int32_t state;       /* LLMCallState */
@@ -42,7 +45,7 @@ typedef struct {
     int finished;        /* the terminal callback has been drained */
     int run_done;        /* rkb_channel_set_done was called (rkllm_run returned) */
     int run_rc;
-    RKLLMPerfStat perf[8]; /* valid once finished, one per batch */
+    RKLLMPerfStat perf[RKB_MAX_BATCH]; /* valid once finished, one per batch */
 } rkb_page;
 
 typedef struct rkb_channel rkb_channel;

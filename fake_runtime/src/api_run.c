@@ -14,7 +14,7 @@
 static const char fk_banner[] = "rkllm-runtime version: " FK_VERSION;
 
 /* ---- destroy while a run is in flight on the same thread ---------------------------------
- * [A21] A thread blocked in rkllm_run can call rkllm_destroy only from a signal handler (the
+ * [A19] A thread blocked in rkllm_run can call rkllm_destroy only from a signal handler (the
  * vendor's C demo does it on SIGINT). Such a destroy must not wait for the run, which cannot
  * return until the handler does, and may only do async-signal-safe work. So rkllm_run and
  * rkllm_run_async publish the call in a thread-local record; a destroy on the same thread for

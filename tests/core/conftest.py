@@ -38,13 +38,23 @@ def no_leaks(abi: str) -> Any:
 
 
 @pytest.fixture
-async def load(abi: str, model: ModelFactory, no_leaks: None) -> AsyncIterator[LoadLLM]:
+def waiting_text() -> str:
+    """What the fake's WAITING callbacks carry (its default, "held"); the streaming test
+    modules override this fixture to run under both readings."""
+    return "held"
+
+
+@pytest.fixture
+async def load(
+    abi: str, model: ModelFactory, no_leaks: None, waiting_text: str
+) -> AsyncIterator[LoadLLM]:
     """load(**model_fields, params=...) -> an AsyncLLM on the fake, closed after the test."""
     opened: list[AsyncLLM] = []
 
     async def make(
         params: ModelParams | None = None, path: Path | None = None, **fields: Any
     ) -> AsyncLLM:
+        fields.setdefault("waiting_text", waiting_text)
         llm = await AsyncLLM.load(path or model(**fields), runtime="fake", abi=abi, params=params)
         opened.append(llm)
         return llm

@@ -13,6 +13,13 @@ from rkllm_sdk.lowlevel import native_handle
 from .conftest import LoadLLM
 
 
+@pytest.fixture(params=["held", "partial"])
+def waiting_text(request: pytest.FixtureRequest) -> str:
+    """Streaming runs under both readings of WAITING: no partial character (the fake's
+    default) and the first bytes of a split character (the other reading)."""
+    return str(request.param)
+
+
 def set_light(
     entity_id: str, brightness: int = 255, room: typing.Literal["kitchen", "hall"] = "hall"
 ) -> None:

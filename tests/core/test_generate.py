@@ -16,6 +16,13 @@ from .conftest import LoadLLM
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(params=["held", "partial"])
+def waiting_text(request: pytest.FixtureRequest) -> str:
+    """Streaming runs under both readings of WAITING: no partial character (the fake's
+    default) and the first bytes of a split character (the other reading)."""
+    return str(request.param)
+
 REPLY = "Kitchen light on. 台所の電気 💡 done."
 
 
@@ -183,3 +190,19 @@ async def test_large_logits_arrive_exactly(load: LoadLLM) -> None:
     llm = await load(vocab_size=151936)
     rows = await llm.logits(rk.TokenInput(ids=np.arange(16, dtype=np.int32)), all_tokens=True)
     np.testing.assert_array_equal(rows, logits_formula(0, 16, 151936))
+
+
+async def test_both_waiting_readings_give_identical_text_and_tokens(load: LoadLLM) -> None:
+    """The same reply (CJK and emoji, split across callbacks) comes out identical whether
+    the runtime's WAITING callbacks carry nothing or the first bytes of the character."""
+    script = [{"match": "x", "reply": REPLY + " 電気 🙂 ok"}]
+    held = await load(script=script, waiting_text="held")
+    partial = await load(script=script, waiting_text="partial")
+    a, b = await held.generate("x"), await partial.generate("x")
+    assert a.text == b.text == REPLY + " 電気 🙂 ok"
+    assert a.token_ids == b.token_ids
+    async with held.stream("x") as s1, partial.stream("x") as s2:
+        c1 = [(c.text, c.token_ids) async for c in s1]
+        c2 = [(c.text, c.token_ids) async for c in s2]
+    assert "".join(t for t, _ in c1) == "".join(t for t, _ in c2)
+    assert [i for _, ids in c1 for i in ids] == [i for _, ids in c2 for i in ids]

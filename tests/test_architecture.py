@@ -228,3 +228,21 @@ def test_every_exported_type_is_taken_or_returned_by_a_public_call() -> None:
         and name not in annotations
     ]
     assert unused == []
+
+
+def test_every_test_says_what_it_pins() -> None:
+    """Every test function of the project's suites has a docstring."""
+    root = PACKAGE.parent
+    files = [
+        *root.joinpath("tests").rglob("test_*.py"),
+        *root.joinpath("examples").rglob("test_*.py"),
+    ]
+    missing = [
+        f"{path.relative_to(root)}:{node.lineno} {node.name}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test_")
+        and not ast.get_docstring(node)
+    ]
+    assert missing == []

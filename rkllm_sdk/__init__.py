@@ -40,6 +40,7 @@ from .models import LoraAdapter as LoraAdapter
 from .models import ModelParams as ModelParams
 from .models import MultimodalInput as MultimodalInput
 from .models import Prompt as Prompt
+from .models import PromptLike as PromptLike
 from .models import Sampling as Sampling
 from .models import TokenInput as TokenInput
 from .models import VideoInput as VideoInput
@@ -51,7 +52,6 @@ from .results import Generation as Generation
 from .results import PerfStats as PerfStats
 from .results import RuntimeInfo as RuntimeInfo
 from .results import ToolCall as ToolCall
-from .stream import PromptLike as PromptLike
 from .stream import TokenStream as TokenStream
 from .sync import LLM as LLM
 from .sync import SyncChatSession as SyncChatSession

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import Any, TypeAlias
 
@@ -43,10 +43,12 @@ __all__ = [
     "PerfStats",
     "Prompt",
     "PromptCache",
+    "PromptLike",
     "Result",
     "Sampling",
     "TokenInput",
     "VideoInput",
+    "as_inputs",
 ]
 
 
@@ -313,6 +315,16 @@ class MultimodalInput:
 
 
 Input: TypeAlias = Prompt | TokenInput | EmbedInput | MultimodalInput
+
+PromptLike: TypeAlias = str | Input | Sequence[Input]
+"""What a run takes: text, one input model, or one input per batch entry."""
+
+
+def as_inputs(prompt: PromptLike, role: str, thinking: bool) -> Input | Sequence[Input]:
+    """A run's prompt as input models (text becomes a :class:`Prompt` with ``role``)."""
+    if isinstance(prompt, str):
+        return Prompt(text=prompt, role=role, enable_thinking=thinking)
+    return prompt
 
 
 # ---- per-run options ----------------------------------------------------------------------

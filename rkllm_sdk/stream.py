@@ -38,14 +38,19 @@ from ._handle import HandleCore
 from ._wakeups import Wakeups
 from .arrays import FloatArray
 from .errors import AbortedError, ClosedError, GenerationError, InvalidParamsError, RKLLMError
-from .models import CallState, InferMode, InferOptions, Input, Prompt, PromptCache
+from .models import (
+    CallState,
+    InferMode,
+    InferOptions,
+    Input,
+    PromptCache,
+    PromptLike,
+    as_inputs,
+)
 from .options import RunOptions
 from .results import Chunk, Generation
 
 __all__ = ["PromptLike", "TokenStream", "collect_arrays", "next_chunks", "open_stream"]
-
-PromptLike = str | Input | Sequence[Input]
-"""What a run takes: text, one input model, or one input per batch entry."""
 
 #: The consumer lets other tasks run at least every this many chunks, even when the bridge
 #: always has more ready (an ``async for`` that never awaits would starve the loop).
@@ -56,12 +61,6 @@ CHECKPOINT_EVERY = 256
 ABORT_GRACE_S = 30.0
 #: While closing, rkllm_abort is repeated this often until the run has ended.
 ABORT_RETRY_S = 0.02
-
-
-def _inputs(prompt: PromptLike, role: str, thinking: bool) -> Input | Sequence[Input]:
-    if isinstance(prompt, str):
-        return Prompt(text=prompt, role=role, enable_thinking=thinking)
-    return prompt
 
 
 def open_stream(
@@ -92,7 +91,7 @@ def open_stream(
         )
         init_limit = core.native_handle.params.max_new_tokens
         limit = max_new_tokens or (init_limit if init_limit and init_limit > 0 else None)
-        inputs = _inputs(prompt, options.get("role", "user"), options.get("thinking", False))
+        inputs = as_inputs(prompt, options.get("role", "user"), options.get("thinking", False))
     except RKLLMError as exc:
         core.recorder.refused(exc)
         raise

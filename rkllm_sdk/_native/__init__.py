@@ -17,7 +17,8 @@ Contract of this boundary package:
 
 Modules: ``params`` (``RKLLMParam``), ``handle`` (init / destroy), ``inputs`` (a run's C
 structs), ``calls`` (everything else on a handle), ``channel`` (the bridge's channel),
-``callbacks`` (1.3 tokenizer / embedder), ``fake`` (fake-only symbols).
+``callbacks`` (1.3 tokenizer / embedder), ``fake`` (fake-only symbols), ``probe`` (the
+model's embedding width, learned once per handle).
 
 cdata values are typed :data:`~rkllm_sdk._ffi.protocols.CData` (``Any``: their fields are
 dynamic); ``lib`` / ``ffi`` / ``bridge`` calls go through typed faces (``_ffi.protocols``).
@@ -50,6 +51,7 @@ from .fake import fake_last_input, fake_stats
 from .handle import NativeHandle, destroy, init
 from .inputs import RunKeepalive, prepare_run
 from .params import default_params, merge_params
+from .probe import embed_width, needs_embed_width
 
 __all__ = [
     "Channel",
@@ -63,6 +65,7 @@ __all__ = [
     "clear_kv_cache",
     "default_params",
     "destroy",
+    "embed_width",
     "fake_last_input",
     "fake_stats",
     "init",
@@ -71,6 +74,7 @@ __all__ = [
     "load_lora",
     "load_prompt_cache",
     "merge_params",
+    "needs_embed_width",
     "prepare_run",
     "print_memorys",
     "print_timings",

@@ -26,9 +26,24 @@ class NativeHandle:
         callback_errors: exceptions raised by the 1.3 tokenizer / embedder callables, in
             order (appended on the runtime thread). The run they broke ends with
             ``RKLLM_RUN_ERROR``; its reader takes them as the cause and clears the list.
+        embed_width: the model's embedding width (floats per token of an embedding, image or
+            video input), once learned by :func:`~rkllm_sdk._native.embed_width`; ``None``
+            before. The runtime's API does not state it.
+        lora_names: the LoRA adapters loaded through :func:`~rkllm_sdk._native.load_lora`;
+            a run naming another one is refused before the call.
     """
 
-    __slots__ = ("_keep", "_lock", "_ptr", "callback_errors", "n_batch", "params", "runtime")
+    __slots__ = (
+        "_keep",
+        "_lock",
+        "_ptr",
+        "callback_errors",
+        "embed_width",
+        "lora_names",
+        "n_batch",
+        "params",
+        "runtime",
+    )
 
     def __init__(
         self,
@@ -42,6 +57,8 @@ class NativeHandle:
         self.params = params
         self.n_batch = params.extend.n_batch or 1
         self.callback_errors = callback_errors
+        self.embed_width: int | None = None
+        self.lora_names: set[str] = set()
         self._ptr: CData = ptr
         self._keep: dict[str, list[object] | None] = {"init": keep}
         self._lock = threading.Lock()

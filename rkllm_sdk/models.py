@@ -49,6 +49,7 @@ __all__ = [
     "TokenInput",
     "VideoInput",
     "as_inputs",
+    "input_list",
 ]
 
 
@@ -84,28 +85,60 @@ class InferMode(IntEnum):
 # typed precisely; each helper checks its value's type at run time instead.
 
 
+_INT_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "uint8": (0, 2**8 - 1),
+    "size_t": (0, 2**64 - 1),  # LP64, the only data model the runtime ships for
+}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _fail(inst: object, attr: attrs.Attribute[Any], what: str, value: object) -> None:
     raise InvalidParamsError(f"{type(inst).__name__}.{attr.name} must be {what}, got {value!r}")
 
 
+def _scalar(value: Any) -> Any:
+    """numpy scalars as Python ones (``np.int64(3)`` -> 3, ``np.float32`` -> float,
+    ``np.bool_`` -> bool); everything else unchanged, for the validator to judge."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 def _opt(check: Any, what: str) -> Any:
-    """A validator for an optional number: None passes, otherwise check(value) must hold."""
+    """A validator for an optional C ``float``: None passes, otherwise it must be an int or
+    float within float32's range and check(value) must hold."""
 
     def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(inst, attr, what, value)
+        # Before check(): an int beyond float's range cannot even be converted.
+        if not (isinstance(value, float) and math.isnan(value)) and abs(value) > _FLOAT32_MAX:
+            _fail(inst, attr, f"{what}, within float32 (magnitude <= {_FLOAT32_MAX:.7g})", value)
+        if not check(value):
             _fail(inst, attr, what, value)
 
     return validate
 
 
-def _opt_int(check: Any, what: str) -> Any:
+def _opt_int(check: Any, what: str, ctype: str = "int32") -> Any:
+    """A validator for an optional C integer of type ``ctype``: None passes, otherwise an int
+    (never a bool) within the C type's range for which check(value) holds."""
+    lo, hi = _INT_RANGES[ctype]
+
     def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None:
             return
         if isinstance(value, bool) or not isinstance(value, int) or not check(value):
             _fail(inst, attr, what, value)
+        if not lo <= value <= hi:
+            _fail(inst, attr, f"{what} and within {ctype} ({lo}..{hi})", value)
 
     return validate
 
@@ -130,6 +163,27 @@ def _role(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         _fail(inst, attr, 'a non-empty role such as "user" or "tool"', value)
 
 
+def _path(value: Any) -> str:
+    """A str or ``os.PathLike`` as a str (anything else: InvalidParamsError)."""
+    try:
+        text = os.fspath(value)
+    except TypeError:
+        raise InvalidParamsError(
+            f"a path must be a str or os.PathLike, got {type(value).__name__}: {value!r}"
+        ) from None
+    if not isinstance(text, str):
+        raise InvalidParamsError(f"a path must be text, got {type(text).__name__}: {text!r}")
+    return text
+
+
+def _instance_of(cls: type, hint: str) -> Any:
+    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, cls):
+            _fail(inst, attr, f"None or a {cls.__name__} ({hint})", value)
+
+    return validate
+
+
 def _finite(x: float) -> bool:
     return math.isfinite(x)
 
@@ -138,13 +192,19 @@ def _cpus(value: Iterable[int] | int | None) -> frozenset[int] | None:
     """CPU cores as a set of numbers 0..7, from a set / list or a bit mask."""
     if value is None:
         return None
+    value = _scalar(value)
     if isinstance(value, bool):
         raise InvalidParamsError(f"enabled_cpus must be core numbers or a mask, got {value!r}")
     if isinstance(value, int):
         if not 0 < value <= 0xFF:
             raise InvalidParamsError(f"enabled_cpus mask must be in 0x01..0xFF, got {value:#x}")
         return frozenset(k for k in range(8) if value >> k & 1)
-    cores = frozenset(value)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidParamsError(f"enabled_cpus must be core numbers or a mask, got {value!r}")
+    cores = frozenset(
+        c if isinstance(c, np.bool_) else _scalar(c)  # np.bool_ stays refused below
+        for c in value
+    )
     if not cores or not all(
         isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 7 for c in cores
     ):
@@ -156,6 +216,7 @@ def _cpus(value: Iterable[int] | int | None) -> frozenset[int] | None:
 
 # Validation rules shared by ModelParams, Sampling and the other models (defined once).
 _NON_NEGATIVE_INT = _opt_int(lambda x: x >= 0, ">= 0")
+_NON_NEGATIVE_SIZE = _opt_int(lambda x: x >= 0, ">= 0", "size_t")
 _TOP_P = _opt(lambda x: 0 < x <= 1, "in (0, 1]")
 _NON_NEGATIVE = _opt(lambda x: 0 <= x < math.inf, ">= 0")
 _POSITIVE = _opt(lambda x: 0 < x < math.inf, "> 0")
@@ -180,13 +241,15 @@ class ExtendParams:
     ``enabled_cpus_num`` is derived from it.
     """
 
-    base_domain_id: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
-    embed_flash: bool | None = attrs.field(default=None, validator=_opt_bool)
+    base_domain_id: int | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE_INT
+    )
+    embed_flash: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
     enabled_cpus: frozenset[int] | None = attrs.field(default=None, converter=_cpus)
     n_batch: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: 1 <= x <= 8, "in 1..8")
+        default=None, converter=_scalar, validator=_opt_int(lambda x: 1 <= x <= 8, "in 1..8")
     )
-    use_cross_attn: bool | None = attrs.field(default=None, validator=_opt_bool)
+    use_cross_attn: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
 
     @property
     def enabled_cpus_mask(self) -> int | None:
@@ -205,24 +268,40 @@ class ModelParams:
     """
 
     max_context_len: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x > 0, "> 0")
+        default=None, converter=_scalar, validator=_opt_int(lambda x: x > 0, "> 0")
     )
     max_new_tokens: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)")
+        default=None,
+        converter=_scalar,
+        validator=_opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)"),
     )
-    top_k: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
-    n_keep: int | None = attrs.field(default=None, validator=_opt_int(lambda x: x >= -1, ">= -1"))
-    top_p: float | None = attrs.field(default=None, validator=_TOP_P)
-    temperature: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
-    repeat_penalty: float | None = attrs.field(default=None, validator=_POSITIVE)
-    frequency_penalty: float | None = attrs.field(default=None, validator=_FINITE)
-    presence_penalty: float | None = attrs.field(default=None, validator=_FINITE)
-    mirostat: int | None = attrs.field(default=None, validator=_MIROSTAT)
-    mirostat_tau: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
-    mirostat_eta: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
-    skip_special_token: bool | None = attrs.field(default=None, validator=_opt_bool)
-    is_async: bool | None = attrs.field(default=None, validator=_opt_bool)
-    ignore_eos_token: bool | None = attrs.field(default=None, validator=_opt_bool)  # 1.3 only
+    top_k: int | None = attrs.field(default=None, converter=_scalar, validator=_NON_NEGATIVE_INT)
+    n_keep: int | None = attrs.field(
+        default=None, converter=_scalar, validator=_opt_int(lambda x: x >= -1, ">= -1")
+    )
+    top_p: float | None = attrs.field(default=None, converter=_scalar, validator=_TOP_P)
+    temperature: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
+    repeat_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_POSITIVE)
+    frequency_penalty: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_FINITE
+    )
+    presence_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_FINITE)
+    mirostat: int | None = attrs.field(default=None, converter=_scalar, validator=_MIROSTAT)
+    mirostat_tau: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
+    mirostat_eta: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
+    skip_special_token: bool | None = attrs.field(
+        default=None, converter=_scalar, validator=_opt_bool
+    )
+    is_async: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
+    ignore_eos_token: bool | None = attrs.field(
+        default=None, converter=_scalar, validator=_opt_bool
+    )  # 1.3 only
     img_start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
     img_end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
     img_content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
@@ -233,9 +312,9 @@ class ModelParams:
 class LoraAdapter:
     """``RKLLMLoraAdapter``: a LoRA file, the name runs select it by, and its scale."""
 
-    path: str = attrs.field(converter=os.fspath)
+    path: str = attrs.field(converter=_path)
     name: str = attrs.field(validator=_role)
-    scale: float = attrs.field(default=1.0, validator=_FINITE)
+    scale: float = attrs.field(default=1.0, converter=_scalar, validator=_FINITE)
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -247,7 +326,7 @@ class Prompt:
 
     text: str = attrs.field(validator=_text)
     role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -256,7 +335,7 @@ class TokenInput:
 
     ids: IntArray = attrs.field(converter=arrays.token_ids, eq=False, repr=_array_repr)
     role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -265,7 +344,7 @@ class EmbedInput:
 
     embeddings: FloatArray = attrs.field(converter=arrays.embeddings, eq=False, repr=_array_repr)
     role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -279,8 +358,8 @@ class ImageInput:
     embeddings: FloatArray = attrs.field(
         converter=arrays.image_embeddings, eq=False, repr=_array_repr
     )
-    width: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
-    height: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
+    width: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
+    height: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
     start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
     end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
     content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
@@ -293,8 +372,8 @@ class VideoInput:
     embeddings: FloatArray = attrs.field(
         converter=arrays.video_embeddings, eq=False, repr=_array_repr
     )
-    frame_width: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
-    frame_height: int = attrs.field(default=0, validator=_NON_NEGATIVE_INT)
+    frame_width: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
+    frame_height: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
     start: str | None = attrs.field(default=None, validator=_opt_text)
     end: str | None = attrs.field(default=None, validator=_opt_text)
     content: str | None = attrs.field(default=None, validator=_opt_text)
@@ -311,7 +390,7 @@ class MultimodalInput:
     image: ImageInput | None = None
     video: VideoInput | None = None
     role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, validator=_opt_bool)
+    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
 
 
 Input: TypeAlias = Prompt | TokenInput | EmbedInput | MultimodalInput
@@ -320,11 +399,64 @@ PromptLike: TypeAlias = str | Input | Sequence[Input]
 """What a run takes: text, one input model, or one input per batch entry."""
 
 
+_INPUT_MODELS = (Prompt, TokenInput, EmbedInput, MultimodalInput)
+_ACCEPTED = (
+    "a str, an input model (rk.Prompt, rk.TokenInput, rk.EmbedInput, rk.MultimodalInput) "
+    "or a list of input models (one per batch entry)"
+)
+
+
+def _hint(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return (
+            "; wrap arrays in an input model: rk.TokenInput(ids=...) for token ids, "
+            "rk.EmbedInput(embeddings=...) for embeddings"
+        )
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "; decode bytes to str first"
+    if isinstance(value, str):
+        return "; wrap each text in rk.Prompt(text=...)"
+    if isinstance(value, dict):
+        return "; a chat message dict is not a prompt: pass its text, or use llm.chat()"
+    return ""
+
+
+def input_list(inputs: object) -> list[Input]:
+    """One run's inputs as a non-empty list of input models (one per batch entry).
+
+    Raises:
+        InvalidParamsError: anything else, naming the accepted types.
+    """
+    if isinstance(inputs, _INPUT_MODELS):
+        return [inputs]
+    if isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes | bytearray):
+        items = list(inputs)
+        if not items:
+            raise InvalidParamsError("a batch needs at least one input, got an empty sequence")
+        for i, item in enumerate(items):
+            if not isinstance(item, _INPUT_MODELS):
+                raise InvalidParamsError(
+                    f"entry {i} of the batch is a {type(item).__name__}, not an input model "
+                    f"(rk.Prompt, rk.TokenInput, rk.EmbedInput, rk.MultimodalInput)"
+                    f"{_hint(item)}"
+                )
+        return items
+    raise InvalidParamsError(
+        f"a prompt must be {_ACCEPTED}; got {type(inputs).__name__}{_hint(inputs)}"
+    )
+
+
 def as_inputs(prompt: PromptLike, role: str, thinking: bool) -> Input | Sequence[Input]:
-    """A run's prompt as input models (text becomes a :class:`Prompt` with ``role``)."""
+    """A run's prompt as input models (text becomes a :class:`Prompt` with ``role``).
+
+    Raises:
+        InvalidParamsError: a prompt of another type (naming the accepted ones), or a bad
+            ``role`` / ``thinking`` for a text prompt.
+    """
     if isinstance(prompt, str):
         return Prompt(text=prompt, role=role, enable_thinking=thinking)
-    return prompt
+    items = input_list(prompt)
+    return items[0] if isinstance(prompt, _INPUT_MODELS) else items
 
 
 # ---- per-run options ----------------------------------------------------------------------
@@ -334,23 +466,31 @@ def as_inputs(prompt: PromptLike, role: str, thinking: bool) -> Input | Sequence
 class Sampling:
     """``RKLLMSamplingParam``: per-run sampling (runtime 1.3 only). ``None`` keeps the handle's."""
 
-    top_k: int | None = attrs.field(default=None, validator=_NON_NEGATIVE_INT)
-    top_p: float | None = attrs.field(default=None, validator=_TOP_P)
-    temperature: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
-    repeat_penalty: float | None = attrs.field(default=None, validator=_POSITIVE)
-    frequency_penalty: float | None = attrs.field(default=None, validator=_FINITE)
-    presence_penalty: float | None = attrs.field(default=None, validator=_FINITE)
-    mirostat: int | None = attrs.field(default=None, validator=_MIROSTAT)
-    mirostat_tau: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
-    mirostat_eta: float | None = attrs.field(default=None, validator=_NON_NEGATIVE)
+    top_k: int | None = attrs.field(default=None, converter=_scalar, validator=_NON_NEGATIVE_INT)
+    top_p: float | None = attrs.field(default=None, converter=_scalar, validator=_TOP_P)
+    temperature: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
+    repeat_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_POSITIVE)
+    frequency_penalty: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_FINITE
+    )
+    presence_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_FINITE)
+    mirostat: int | None = attrs.field(default=None, converter=_scalar, validator=_MIROSTAT)
+    mirostat_tau: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
+    mirostat_eta: float | None = attrs.field(
+        default=None, converter=_scalar, validator=_NON_NEGATIVE
+    )
 
 
 @attrs.frozen(kw_only=True)
 class PromptCache:
     """``RKLLMPromptCacheParam``: save this run's prefill to ``path``."""
 
-    path: str = attrs.field(converter=os.fspath)
-    save: bool = attrs.field(default=True, validator=_opt_bool)
+    path: str = attrs.field(converter=_path)
+    save: bool = attrs.field(default=True, converter=_scalar, validator=_opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -362,11 +502,16 @@ class InferOptions:
 
     mode: InferMode = attrs.field(default=InferMode.GENERATE, converter=InferMode)
     lora: str | None = attrs.field(default=None, validator=_opt_text)
-    prompt_cache: PromptCache | None = None
-    sampling: Sampling | None = None  # 1.3 only
-    keep_history: bool = attrs.field(default=False, validator=_opt_bool)
+    prompt_cache: PromptCache | None = attrs.field(
+        default=None, validator=_instance_of(PromptCache, "rk.PromptCache(path=...)")
+    )
+    # A dict is refused, not converted: one spelling (typed, checked) for every entry point.
+    sampling: Sampling | None = attrs.field(
+        default=None, validator=_instance_of(Sampling, "build it with rk.Sampling(**values)")
+    )  # 1.3 only
+    keep_history: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
     max_new_tokens: int | None = attrs.field(
-        default=None, validator=_opt_int(lambda x: x > 0, "> 0")
+        default=None, converter=_scalar, validator=_opt_int(lambda x: x > 0, "> 0")
     )  # 1.3
 
 

@@ -64,3 +64,45 @@ def optional_symbol(rt: Runtime, name: str) -> CData:
     if name not in rt.optional_symbols:
         raise NativeCallError(f"this runtime ({rt.path.name}) does not export {name}")
     return getattr(rt.lib, name)
+
+
+def assign(c: CData, field: str, value: object, what: str) -> None:
+    """``c.field = value``, refusing what does not fit the C field (the models' validators
+    check ranges first; this is the backstop at the C boundary)."""
+    try:
+        setattr(c, field, value)
+    except OverflowError:
+        raise InvalidParamsError(
+            f"{what} = {value!r} is out of range for the runtime's C field {field}"
+        ) from None
+    except TypeError:
+        raise InvalidParamsError(
+            f"{what} must be a number for the runtime's C field {field}, "
+            f"got {type(value).__name__}: {value!r}"
+        ) from None
+
+
+def readable_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a path that is not an existing, readable regular file (no confinement: only
+    the check the runtime would fail on, with a clearer message)."""
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise InvalidParamsError(f"{what} {text!r} does not exist")
+    if not os.path.isfile(text):
+        raise InvalidParamsError(f"{what} {text!r} is not a regular file")
+    if not os.access(text, os.R_OK):
+        raise InvalidParamsError(f"{what} {text!r} is not readable")
+
+
+def writable_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a path the runtime could not create or overwrite (its directory is missing or
+    not writable, or it is a directory)."""
+    text = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise InvalidParamsError(f"{what} {text!r} is a directory")
+    if not os.path.isdir(directory):
+        raise InvalidParamsError(f"{what} {text!r}: its directory {directory!r} does not exist")
+    target = text if os.path.exists(text) else directory
+    if not os.access(target, os.W_OK):
+        raise InvalidParamsError(f"{what} {text!r} is not writable")

@@ -6,13 +6,16 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from .._ffi.protocols import CData
 from ..errors import GenerationError, InvalidParamsError, NativeCallError
 from ..models import CrossAttention, InferOptions, Input, LoraAdapter
-from ._util import buffer, check, cstr, optional_symbol
+from ._util import buffer, check, cstr, optional_symbol, readable_file
 from .channel import Channel, userdata_for
 from .handle import NativeHandle
 from .inputs import RunKeepalive, prepare_run
+from .probe import embed_width, needs_embed_width
 
 __all__ = [
     "abort",
@@ -43,6 +46,28 @@ def _userdata(h: NativeHandle, channel: Channel | None) -> CData:  # a void*
     return userdata_for(h.runtime, channel)
 
 
+def _check_run(function: str, rc: int, prepared: RunKeepalive) -> None:
+    """GenerationError for a failed run, naming what the SDK could not check before it."""
+    if rc == 0:
+        return
+    message = f"{function} failed with return code {rc}"
+    if prepared.notes:
+        message += (
+            "; the runtime's own log line (stderr, 'E rkllm: ...') says why. Causes the SDK "
+            "cannot check before the call: " + "; ".join(prepared.notes)
+        )
+    raise GenerationError(message, code=rc)
+
+
+def _prepare(
+    h: NativeHandle, inputs: Input | Sequence[Input], options: InferOptions | None
+) -> RunKeepalive:
+    options = options or InferOptions()
+    if h.embed_width is None and needs_embed_width(inputs):
+        embed_width(h, cache_disposable=False)
+    return prepare_run(h, inputs, options)
+
+
 def run_prepared(
     h: NativeHandle,
     prepared: RunKeepalive,
@@ -59,7 +84,7 @@ def run_prepared(
     """
     ud = _userdata(h, channel)
     rc = h.runtime.lib.rkllm_run(h.ptr(), prepared.inputs, prepared.infer, ud)
-    check("rkllm_run", rc, GenerationError)
+    _check_run("rkllm_run", rc, prepared)
 
 
 def run(
@@ -72,14 +97,17 @@ def run(
     """``rkllm_run``: blocks until the run's terminal callback has returned.
 
     Results go to ``channel`` (without one they are dropped: useful for prefill only).
+    Embedding-carrying inputs on a handle that does not know its model's embedding width
+    yet learn it first (:func:`embed_width`, which needs an empty KV cache).
 
     Raises:
+        InvalidParamsError: what :func:`prepare_run` refuses.
         GenerationError: the runtime returned non-zero (busy handle, bad input it refused,
             or a run that ended in RKLLM_RUN_ERROR).
     """
-    prepared = prepare_run(h, inputs, options or InferOptions())
+    prepared = _prepare(h, inputs, options)
     rc = h.runtime.lib.rkllm_run(h.ptr(), prepared.inputs, prepared.infer, _userdata(h, channel))
-    check("rkllm_run", rc, GenerationError)
+    _check_run("rkllm_run", rc, prepared)
 
 
 def run_async(
@@ -89,12 +117,15 @@ def run_async(
     *,
     channel: Channel | None = None,
 ) -> RunKeepalive:
-    """``rkllm_run_async``: returns at once; keep the result (and channel) until the run ends."""
-    prepared = prepare_run(h, inputs, options or InferOptions())
+    """``rkllm_run_async``: returns at once; keep the result (and channel) until the run ends.
+
+    Like :func:`run`, learns the embedding width first when the inputs need it (blocking).
+    """
+    prepared = _prepare(h, inputs, options)
     rc = h.runtime.lib.rkllm_run_async(
         h.ptr(), prepared.inputs, prepared.infer, _userdata(h, channel)
     )
-    check("rkllm_run_async", rc, GenerationError)
+    _check_run("rkllm_run_async", rc, prepared)
     return prepared
 
 
@@ -136,15 +167,32 @@ def clear_kv_cache(
         raise InvalidParamsError(
             f"need one (start, end) range per batch ({h.n_batch}), got {len(pairs)}"
         )
+    checked = []
     for start, end in pairs:
-        if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start <= end:
+        s, e = _index(start), _index(end)
+        if s is None or e is None or not 0 <= s <= e:
             raise InvalidParamsError(
-                f"KV range ({start!r}, {end!r}) must satisfy 0 <= start <= end"
+                f"KV range ({start!r}, {end!r}) must be ints with 0 <= start <= end"
             )
-    starts = ffi.new("int[]", [s for s, _ in pairs])
-    ends = ffi.new("int[]", [e for _, e in pairs])
+        if e > _INT_MAX:
+            raise InvalidParamsError(
+                f"KV range ({start!r}, {end!r}): positions are C ints, at most {_INT_MAX}"
+            )
+        checked.append((s, e))
+    starts = ffi.new("int[]", [s for s, _ in checked])
+    ends = ffi.new("int[]", [e for _, e in checked])
     rc = lib.rkllm_clear_kv_cache(h.ptr(), int(keep_system_prompt), starts, ends)
     check("rkllm_clear_kv_cache", rc)
+
+
+_INT_MAX = 2**31 - 1
+
+
+def _index(value: object) -> int | None:
+    """An int or numpy integer as int; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return None
+    return int(value)
 
 
 def kv_cache_size(h: NativeHandle) -> list[int]:
@@ -155,17 +203,32 @@ def kv_cache_size(h: NativeHandle) -> list[int]:
 
 
 def load_lora(h: NativeHandle, adapter: LoraAdapter) -> None:
-    """``rkllm_load_lora``: load (or replace) an adapter; runs select it by name."""
+    """``rkllm_load_lora``: load (or replace) an adapter; runs select it by name.
+
+    The handle remembers the names loaded through here; a run naming another is refused.
+
+    Raises:
+        InvalidParamsError: the file does not exist or is not readable (checked first).
+        NativeCallError: the runtime refused the adapter.
+    """
+    readable_file(adapter.path, "LoRA adapter file")
     keep: list[object] = []  # the C strings, alive until the call returns
     a = h.runtime.ffi.new("RKLLMLoraAdapter*")
     a.lora_adapter_path = cstr(h.runtime, keep, adapter.path, "LoraAdapter.path")
     a.lora_adapter_name = cstr(h.runtime, keep, adapter.name, "LoraAdapter.name")
     a.scale = adapter.scale
     check("rkllm_load_lora", h.runtime.lib.rkllm_load_lora(h.ptr(), a))
+    h.lora_names.add(adapter.name)
 
 
 def load_prompt_cache(h: NativeHandle, path: str | os.PathLike[str]) -> None:
-    """``rkllm_load_prompt_cache``: later runs reuse the cached prefix."""
+    """``rkllm_load_prompt_cache``: later runs reuse the cached prefix.
+
+    Raises:
+        InvalidParamsError: the file does not exist or is not readable (checked first).
+        NativeCallError: the runtime refused the file.
+    """
+    readable_file(path, "prompt cache file")
     keep: list[object] = []  # the C string, alive until the call returns
     c = cstr(h.runtime, keep, path, "prompt cache path")
     check("rkllm_load_prompt_cache", h.runtime.lib.rkllm_load_prompt_cache(h.ptr(), c))

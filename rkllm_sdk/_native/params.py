@@ -12,7 +12,7 @@ from .._ffi.loader import Runtime
 from .._ffi.protocols import CData
 from ..errors import UnsupportedOnABIError
 from ..models import ExtendParams, ModelParams
-from ._util import cstr, only_on
+from ._util import assign, cstr, only_on
 
 __all__ = ["SAMPLING_FIELDS", "default_params", "merge_params", "param_struct"]
 
@@ -94,14 +94,14 @@ def merge_params(base: ModelParams, override: ModelParams) -> ModelParams:
 
 def _fill_extend(e: CData, ext: ExtendParams) -> None:  # an RKLLMExtendParam
     if ext.base_domain_id is not None:
-        e.base_domain_id = ext.base_domain_id
+        assign(e, "base_domain_id", ext.base_domain_id, "ExtendParams.base_domain_id")
     if ext.embed_flash is not None:
         e.embed_flash = int(ext.embed_flash)
     if ext.enabled_cpus is not None:
         e.enabled_cpus_mask = ext.enabled_cpus_mask
         e.enabled_cpus_num = len(ext.enabled_cpus)
     if ext.n_batch is not None:
-        e.n_batch = ext.n_batch
+        assign(e, "n_batch", ext.n_batch, "ExtendParams.n_batch")
     if ext.use_cross_attn is not None:
         e.use_cross_attn = int(ext.use_cross_attn)
 
@@ -129,7 +129,7 @@ def param_struct(
     for name in _PARAM_SCALARS:
         value = getattr(params, name)
         if value is not None:
-            setattr(p, name, value)
+            assign(p, name, value, f"ModelParams.{name}")
     if rt.abi == "1.3":
         if params.ignore_eos_token is not None:
             p.ignore_eos_token = params.ignore_eos_token

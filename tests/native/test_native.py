@@ -286,15 +286,15 @@ def test_kv_cache_size_and_clear(handle: tuple[native.NativeHandle, Recorder]) -
 
 
 def test_lora_adapters(handle: tuple[native.NativeHandle, Recorder], tmp_path: Path) -> None:
-    """Loading needs an existing file; a run selects the adapter by name."""
+    """Loading needs an existing file (checked first); a run selects the adapter by name."""
     h, _ = handle
-    with pytest.raises(rk.NativeCallError, match="rkllm_load_lora failed with return code -1"):
+    with pytest.raises(rk.InvalidParamsError, match=r"LoRA adapter file .*missing' does not exist"):
         native.load_lora(h, rk.LoraAdapter(path=tmp_path / "missing", name="x"))
     (tmp_path / "a.rkllm").write_bytes(b"lora")
     native.load_lora(h, rk.LoraAdapter(path=tmp_path / "a.rkllm", name="style", scale=0.5))
     native.run(h, rk.Prompt(text="x"), models.InferOptions(lora="style"))
     assert native.fake_last_input(h)["lora"] == {"name": "style", "scale": 0.5}
-    with pytest.raises(rk.GenerationError):
+    with pytest.raises(rk.InvalidParamsError, match=r"'unknown' is not loaded.*loaded: 'style'"):
         native.run(h, rk.Prompt(text="x"), models.InferOptions(lora="unknown"))
 
 
@@ -316,8 +316,11 @@ def test_prompt_cache_round_trip(
     (reused,) = rec.perf
     assert reused.prefill_tokens < full.prefill_tokens / 4
     native.release_prompt_cache(h)
-    with pytest.raises(rk.NativeCallError, match="rkllm_load_prompt_cache"):
+    with pytest.raises(rk.InvalidParamsError, match=r"prompt cache file .* does not exist"):
         native.load_prompt_cache(h, tmp_path / "missing.cache")
+    (tmp_path / "junk.cache").write_bytes(b"not a cache")
+    with pytest.raises(rk.NativeCallError, match="rkllm_load_prompt_cache"):
+        native.load_prompt_cache(h, tmp_path / "junk.cache")  # exists: the runtime refuses
 
 
 def test_chat_template_and_function_tools(handle: tuple[native.NativeHandle, Recorder]) -> None:

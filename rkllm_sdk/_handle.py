@@ -14,12 +14,13 @@ allocated) until it is closed at exit, so a leak is visible instead of silent.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,7 +33,7 @@ from . import metrics
 from .errors import BusyError, ClosedError, RKLLMError
 from .results import Generation, RuntimeInfo
 
-__all__ = ["MAX_PENDING", "HandleCore", "HandleInfo", "open_handles"]
+__all__ = ["MAX_PENDING", "HandleCore", "HandleInfo", "finish_even_if_cancelled", "open_handles"]
 
 T = TypeVar("T")
 
@@ -70,7 +71,8 @@ _live_lock = threading.Lock()
 
 
 def open_handles() -> list[HandleInfo]:
-    """Every handle not yet closed, forgotten ones included: model, age and state.
+    """Every handle not yet destroyed (closing and forgotten ones included): model, age
+    and state.
 
     >>> open_handles()
     []
@@ -86,7 +88,6 @@ def open_handles() -> list[HandleInfo]:
             state=core.state_name(),
         )
         for core in cores
-        if not core.closed
     ]
 
 
@@ -98,6 +99,41 @@ def _close_all_at_exit() -> None:
         cores = list(_live)
     for core in cores:
         core.destroy_now()
+
+
+# Close jobs running on asyncio after their caller was cancelled (asyncio keeps only weak
+# references to tasks).
+_jobs: set[asyncio.Task[None]] = set()
+
+
+async def finish_even_if_cancelled(job: Callable[[], Awaitable[None]]) -> None:
+    """Run ``job`` to its end even if the caller is cancelled meanwhile, however.
+
+    anyio's shielded cancel scope covers anyio's own cancellation (and trio's), but not
+    asyncio's native ``task.cancel()`` (``asyncio.wait_for`` with a short timeout, a
+    second ``task.cancel()``): that one interrupts the next await even inside a shield.
+    Closing must never stop half-way (the handle would stay taken), so on asyncio the job
+    runs as a task of its own that the caller's cancellation cannot reach. The caller waits
+    for it in a shielded scope (anyio's cancellation waits, as on trio); a native
+    cancellation lets the caller leave early, and the job finishes anyway.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio: its cancellation is anyio's, which the shield holds off
+        loop = None
+    if loop is None:
+        with anyio.CancelScope(shield=True):
+            await job()
+        return
+
+    async def run() -> None:
+        await job()
+
+    task = loop.create_task(run())
+    _jobs.add(task)
+    task.add_done_callback(_jobs.discard)
+    with anyio.CancelScope(shield=True):
+        await asyncio.shield(task)
 
 
 def runtime_info(rt: Any) -> RuntimeInfo:  # Any: the hazmat Runtime, seen only here
@@ -120,6 +156,7 @@ class HandleCore:
         self.last: Generation | None = None
         self._slot = anyio.Semaphore(1)  # FIFO: one task at a time on the handle
         self._closing = False
+        self._closed: anyio.Event | None = None  # set once closing has finished
         self._busy = False
         self._current: Run | None = None  # the run on the handle, if any
         # The bridge channel of the last finished run, reused by the next (its buffers stay).
@@ -244,21 +281,38 @@ class HandleCore:
     # ---- closing ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Abort what runs, wait for it, destroy the handle. Idempotent."""
-        if self._handle is None or self._closing:
+        """Abort what runs, wait for it, destroy the handle. Idempotent; a cancelled call
+        still closes the handle (a later call waits for that to finish)."""
+        if self._handle is None:
             return
-        self._closing = True
-        with anyio.CancelScope(shield=True):
-            handle = self._handle
-            if self._current is not None:
-                # Aborts the run and waits for the runtime, even if nobody iterates the stream.
-                await self._current.aclose()
-            await self._slot.acquire()  # a configuration call in progress ends by itself
-            try:
-                await anyio.to_thread.run_sync(native.destroy, handle)
-            finally:
-                self._forget()
-                self._slot.release()
+        if self._closed is None:
+            self._closing = True
+            self._closed = anyio.Event()
+            closed = self._closed
+
+            async def close() -> None:
+                try:
+                    await self._close()
+                finally:
+                    closed.set()
+
+            await finish_even_if_cancelled(close)
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._closed.wait()
+
+    async def _close(self) -> None:
+        handle = self._handle
+        assert handle is not None
+        if self._current is not None:
+            # Aborts the run and waits for the runtime, even if nobody iterates the stream.
+            await self._current.aclose()
+        await self._slot.acquire()  # a configuration call in progress ends by itself
+        try:
+            await anyio.to_thread.run_sync(native.destroy, handle)
+        finally:
+            self._forget()
+            self._slot.release()
 
     def destroy_now(self) -> None:
         """Abort and destroy at once, from any thread (interpreter exit)."""

@@ -21,7 +21,6 @@ Text is never split inside a UTF-8 character, whatever the runtime puts in its
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -34,7 +33,7 @@ import anyio.lowlevel
 
 from . import _native as native
 from ._decoder import Decoder
-from ._handle import HandleCore
+from ._handle import HandleCore, finish_even_if_cancelled
 from ._wakeups import Wakeups
 from .arrays import FloatArray
 from .errors import AbortedError, ClosedError, GenerationError, InvalidParamsError, RKLLMError
@@ -75,22 +74,28 @@ def open_stream(
     """A stream for one run on ``core`` (what ``AsyncLLM.stream`` and chat sessions build).
 
     Refused arguments raise here, before the stream exists, and count as failed calls.
+
+    Raises:
+        TypeError: an option that :class:`RunOptions` does not have (a misspelling), as
+            Python does for an unknown keyword argument.
     """
+    unknown = sorted(options.keys() - RunOptions.__optional_keys__)
+    if unknown:
+        known = ", ".join(sorted(RunOptions.__optional_keys__))
+        raise TypeError(f"unknown run option(s) {', '.join(unknown)}; the options are {known}")
     try:
         max_new_tokens = options.get("max_new_tokens")
         prompt_cache = options.get("prompt_cache")
         infer = InferOptions(
             mode=mode,
             lora=options.get("lora"),
-            prompt_cache=PromptCache(path=os.fspath(prompt_cache))
-            if prompt_cache is not None
-            else None,
+            prompt_cache=PromptCache(path=prompt_cache) if prompt_cache is not None else None,
             sampling=options.get("sampling"),
             keep_history=options.get("keep_history", False),
             max_new_tokens=max_new_tokens,
         )
         init_limit = core.native_handle.params.max_new_tokens
-        limit = max_new_tokens or (init_limit if init_limit and init_limit > 0 else None)
+        limit = infer.max_new_tokens or (init_limit if init_limit and init_limit > 0 else None)
         inputs = as_inputs(prompt, options.get("role", "user"), options.get("thinking", False))
     except RKLLMError as exc:
         core.recorder.refused(exc)
@@ -174,6 +179,7 @@ class TokenStream:
         self._channel: native.Channel | None = None
         self._prepared: native.RunKeepalive | None = None
         self._worker_error: BaseException | None = None
+        self._run_error: GenerationError | None = None  # rkllm_run's failure, with its causes
         self._result: list[Generation] | None = None
         self._error: RKLLMError | None = None
         self._pump_lock = anyio.Lock(fast_acquire=True)  # no extra loop pass per token
@@ -199,6 +205,12 @@ class TokenStream:
             if self._setup is not None:
                 await self._setup()
             handle = self._core.native_handle
+            if handle.embed_width is None and native.needs_embed_width(self._inputs):
+                # Learned once per handle by a one-token run (it empties the KV cache, so
+                # only when this run would not keep what the cache holds).
+                await self._core.call_held(
+                    native.embed_width, cache_disposable=not self._options.keep_history
+                )
             self._prepared = native.prepare_run(handle, self._inputs, self._options)
             if self._stop and handle.n_batch > 1:
                 raise InvalidParamsError("stop strings need a single-batch handle")
@@ -246,6 +258,7 @@ class TokenStream:
             native.run_prepared(handle, prepared, channel)
         except GenerationError as exc:
             rc = exc.code if exc.code is not None else -1
+            self._run_error = exc
         except BaseException as exc:  # surfaced to the consumer, never lost on this thread
             self._worker_error = exc
             rc = -1
@@ -271,10 +284,15 @@ class TokenStream:
             return
         self._state = "closing"
         self._closed = closed = anyio.Event()
-        try:
-            await self._close_running()
-        finally:
-            closed.set()
+
+        async def close() -> None:
+            try:
+                await self._close_running()
+            finally:
+                closed.set()
+
+        # Finishes even if this call is cancelled: the handle is free afterwards, whatever.
+        await finish_even_if_cancelled(close)
 
     async def _close_running(self) -> None:
         channel, decoder = self._channel, self._decoder
@@ -422,8 +440,13 @@ class TokenStream:
         if failed:
             self._record(error="GenerationError")
             cause = self._worker_error or self._core.take_callback_error()
+            detail = (
+                str(self._run_error)
+                if self._run_error is not None
+                else f"rkllm_run returned {drained.run_rc}"
+            )
             error = GenerationError(
-                f"the run failed (rkllm_run returned {drained.run_rc}); "
+                f"the run failed ({detail}); "
                 f"{len(results[0].text)} characters were generated before the error",
                 code=drained.run_rc or -1,
                 generation=results[0],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -295,3 +299,80 @@ def test_exit_with_open_handles_does_not_hang(abi: str, model: ModelFactory) -> 
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "leaving 1"
+
+
+async def _cancel_soon(
+    anyio_backend: str, fn: Callable[[], Awaitable[object]], delay: float
+) -> None:
+    """Run fn() and cancel it after `delay` s: asyncio's own task.cancel() (wait_for) on
+    asyncio, which anyio's shields do not hold off, an anyio cancel scope on trio."""
+    if anyio_backend == "asyncio":
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fn(), delay)
+    else:
+        with anyio.move_on_after(delay):
+            await fn()
+
+
+async def _no_handle_left(deadline: float = 10) -> None:
+    with anyio.fail_after(deadline):
+        while open_handles():  # noqa: ASYNC110  # closing jobs finish in the background
+            await anyio.sleep(0.001)
+
+
+async def test_cancelled_stream_closes_never_wedge_the_handle(
+    load: LoadLLM, anyio_backend: str
+) -> None:
+    """aclose() cancelled at random moments (0-2 ms), once or with a second aclose, and a
+    consumer task cancelled twice inside `async with`: every run is aborted and the handle
+    serves the next call, 100 times over."""
+    rng = random.Random(11)
+    llm = await load(faults="hang_after=3")  # every run needs its abort to end
+    for i in range(100):
+        if i % 3 == 2:  # a consumer task cancelled twice
+            async with anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    async with llm.stream("x") as s:
+                        async for _ in s:
+                            pass
+
+                tg.start_soon(consume)
+                await anyio.sleep(rng.random() * 0.002)
+                tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
+            continue
+        s = llm.stream("x")
+        await s.__aenter__()
+        await _cancel_soon(anyio_backend, s.aclose, rng.random() * 0.002)
+        if i % 2:
+            with anyio.fail_after(10):
+                await s.aclose()
+    with anyio.fail_after(10):  # the handle still serves: a new run streams
+        async with llm.stream("x") as s:
+            first = await s.__anext__()
+    assert first.seq == 0 and first.text
+
+
+async def test_cancelled_handle_closes_still_destroy_the_handle(
+    load: LoadLLM, anyio_backend: str, abi: str
+) -> None:
+    """AsyncLLM.aclose() cancelled at random moments, with a run going or not, with a
+    second aclose() or none: the runtime handle is destroyed every time (100 handles)."""
+    rng = random.Random(12)
+    rt = load_runtime("fake", abi=abi)
+    before = _native.fake_stats(rt)["live_handles"]
+    llms = []
+    for i in range(100):
+        llm = await load(faults="hang_after=2")
+        llms.append(llm)
+        if i % 2:
+            s = llm.stream("x")
+            await s.__aenter__()
+        await _cancel_soon(anyio_backend, llm.aclose, rng.random() * 0.002)
+        if i % 4 < 2:
+            with anyio.fail_after(10):
+                await llm.aclose()
+            assert llm.closed
+    await _no_handle_left()
+    assert _native.fake_stats(rt)["live_handles"] == before

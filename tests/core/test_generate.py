@@ -206,3 +206,15 @@ async def test_both_waiting_readings_give_identical_text_and_tokens(load: LoadLL
         c2 = [(c.text, c.token_ids) async for c in s2]
     assert "".join(t for t, _ in c1) == "".join(t for t, _ in c2)
     assert [i for _, ids in c1 for i in ids] == [i for _, ids in c2 for i in ids]
+
+
+async def test_a_misspelled_option_is_refused_at_run_time_too(load: LoadLLM) -> None:
+    """Without a type checker (a notebook), a misspelled option raises TypeError naming it
+    instead of being ignored."""
+    llm = await load()
+    options: dict[str, object] = {"max_new_token": 3}
+    with pytest.raises(TypeError, match="unknown run option.*max_new_token;.*max_new_tokens"):
+        await llm.generate("x", **options)  # type: ignore[arg-type]
+    chat = llm.chat()
+    with pytest.raises(TypeError, match="unknown run option.*stops"):
+        await chat.send("x", stops=["\n"])  # type: ignore[call-arg]

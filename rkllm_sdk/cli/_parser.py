@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit code 1 when something is broken.",
     )
     _common(p, model_help="also check this model file")
+    p.add_argument(
+        "--probe",
+        metavar="MODEL",
+        help="run MODEL on the runtime and report how it behaves where the fake runtime had "
+        "to assume (what WAITING callbacks carry, rkllm_is_running, abort, pause, KV cache, "
+        "destroy while running, ...); please report the output",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)
 

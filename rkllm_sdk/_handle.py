@@ -143,8 +143,38 @@ def runtime_info(rt: Any) -> RuntimeInfo:  # Any: the hazmat Runtime, seen only 
     )
 
 
+#: ChatML (the format of the Qwen models RKLLM mostly runs): the template sessions use to
+#: give a system prompt, ``{system}`` filled in.
+CHATML = (
+    "<|im_start|>system\n{system}<|im_end|>\n",
+    "<|im_start|>user\n",
+    "<|im_end|>\n<|im_start|>assistant\n",
+)
+#: The template put back when a chat session's template must be undone and the handle has
+#: none of its own: the runtime offers no way back to the model's built-in template, so
+#: ChatML without a system prompt.
+PLAIN_TEMPLATE = ("", CHATML[1], CHATML[2])
+
+
+def chatml(system: str) -> tuple[str, str, str]:
+    """The ChatML template with ``system`` as its system prompt."""
+    return (CHATML[0].format(system=system), CHATML[1], CHATML[2])
+
+
+Template = tuple[str, str, str]  # system prompt, prefix, postfix
+Tools = tuple[str, Any, str]  # system prompt, OpenAI tools, tool response string
+
+
 class HandleCore:
-    """One runtime handle and its shared state (internal; see the module docstring)."""
+    """One runtime handle and its shared state (internal; see the module docstring).
+
+    Configuration has owners: the runtime holds one chat template and one set of function
+    tools per handle, and one KV cache. ``config_owner`` is the chat session whose template
+    or tools are in force (None: the handle's own, set with ``AsyncLLM.set_chat_template``
+    / ``set_function_tools``, or the model's), ``history_owner`` the session whose
+    conversation the KV cache holds (None: plain runs). A turn of another session, or a
+    plain run, puts its own configuration back first (:meth:`configure`).
+    """
 
     def __init__(self, handle: native.NativeHandle, model_path: str) -> None:
         self._handle: native.NativeHandle | None = handle
@@ -161,6 +191,12 @@ class HandleCore:
         self._current: Run | None = None  # the run on the handle, if any
         # The bridge channel of the last finished run, reused by the next (its buffers stay).
         self._spare_channel: native.Channel | None = None
+        self.config_owner: object | None = None
+        self.history_owner: object | None = None
+        self.own_template: Template | None = None  # set through AsyncLLM.set_chat_template
+        self.own_tools: Tools | None = None  # set through AsyncLLM.set_function_tools
+        self._template_changed = False  # the runtime no longer has the model's template
+        self._tools_set = False
         with _live_lock:
             _live.add(self)
 
@@ -226,6 +262,56 @@ class HandleCore:
         """As :meth:`call`, for a caller that already holds the slot."""
         handle = self.native_handle
         return await anyio.to_thread.run_sync(functools.partial(fn, handle, *args, **kwargs))
+
+    # ---- configuration owners --------------------------------------------------------------
+
+    async def configure(
+        self, owner: object | None, *, template: Template | None = None, tools: Tools | None = None
+    ) -> bool:
+        """Put ``owner``'s template / tools in force (the slot is held); False when they are
+        already. None for both means the handle's own configuration."""
+        if self.config_owner is owner and (owner is not None or not self._overridden()):
+            return False
+        if template is None and tools is None:
+            template, tools = self.own_template, self.own_tools
+        if template is None and tools is not None and self._template_changed:
+            # A set template replaces the one the tools' system prompt would go in (A9 of
+            # the fake; the vendor: the template overrides the model's): carry it there.
+            template = chatml(tools[0]) if tools[0] else PLAIN_TEMPLATE
+        if template is not None:
+            await self.call_held(native.set_chat_template, *template)
+            self._template_changed = True
+        elif self._template_changed:
+            await self.call_held(native.set_chat_template, *PLAIN_TEMPLATE)
+        if tools is not None:
+            await self.call_held(native.set_function_tools, *tools)
+            self._tools_set = True
+        elif self._tools_set:  # an empty list switches function calling off
+            await self.call_held(native.set_function_tools, "", [], "tool_response")
+            self._tools_set = False
+        self.config_owner = owner
+        return True
+
+    def _overridden(self) -> bool:
+        # Plain runs after a session: the session's template or tools are still set.
+        return self.config_owner is not None
+
+    async def use_own_configuration(self) -> None:
+        """Before a plain run (the slot is held): the handle's own template and tools, and
+        the KV cache is no longer any session's."""
+        if self.config_owner is not None:
+            await self.configure(None)
+        self.history_owner = None
+
+    def set_own(self, *, template: Template | None = None, tools: Tools | None = None) -> None:
+        """The user configured the handle directly: that is its own configuration now."""
+        if template is not None:
+            self.own_template = template
+            self._template_changed = True
+        if tools is not None:
+            self.own_tools = tools
+            self._tools_set = True
+        self.config_owner = None
 
     # ---- runs ------------------------------------------------------------------------------
 

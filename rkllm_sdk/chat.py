@@ -26,6 +26,7 @@ from typing import Any, Unpack
 
 import attrs
 
+from . import _handle
 from . import _native as native
 from ._handle import HandleCore
 from .errors import InvalidParamsError
@@ -60,11 +61,7 @@ class ChatReply:
 
 #: The chat template used to give a system prompt when no tools are set (ChatML, the
 #: format of the Qwen models RKLLM is mostly used with). Pass ``template=`` otherwise.
-CHATML = (
-    "<|im_start|>system\n{system}<|im_end|>\n",
-    "<|im_start|>user\n",
-    "<|im_end|>\n<|im_start|>assistant\n",
-)
+CHATML = _handle.CHATML
 
 
 class ChatSession:
@@ -87,25 +84,30 @@ class ChatSession:
         self.thinking = thinking
         self._template = template
         self._tool_response = tool_response_str
-        self._configured = False
+        #: True once a turn began after something else used the handle's KV cache (a plain
+        #: run, another session, ``clear_kv_cache``): the model no longer saw the earlier
+        #: turns; ``turns`` still lists them.
+        self.history_lost = False
         self.turns: list[ChatReply] = []
 
     async def _configure(self) -> None:
-        # Runs inside the turn's hold on the handle, so nothing can run in between.
-        if self._configured:
-            return
-        call = self._core.call_held
+        # Runs inside the turn's hold on the handle, so nothing can run in between. Another
+        # session's template / tools, or a plain run, may have been on the handle since the
+        # last turn: this session's are put back, and a KV cache that no longer holds this
+        # conversation is noticed (``history_lost``) and cleared.
+        tools = template = None
         if self.tools:
-            await call(
-                native.set_function_tools, self.system or "", self.tools, self._tool_response
-            )
+            tools = (self.system or "", self.tools, self._tool_response)
         elif self.system is not None or self._template is not None:
             system, prefix, postfix = self._template or CHATML
-            await call(
-                native.set_chat_template, system.format(system=self.system or ""), prefix, postfix
-            )
-        await call(native.clear_kv_cache)
-        self._configured = True
+            template = (system.format(system=self.system or ""), prefix, postfix)
+        core = self._core
+        changed = await core.configure(self, template=template, tools=tools)
+        if changed or core.history_owner is not self:
+            if self.turns:
+                self.history_lost = True
+            await core.call_held(native.clear_kv_cache)
+            core.history_owner = self
 
     def reply_from(self, generation: Generation) -> ChatReply:
         """Split a finished turn's :class:`Generation` into a :class:`ChatReply`.

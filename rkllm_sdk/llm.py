@@ -315,6 +315,7 @@ class AsyncLLM:
         await self._core.call(
             native.clear_kv_cache, keep_system_prompt=keep_system_prompt, ranges=ranges
         )
+        self._core.history_owner = None  # no chat session's conversation is in it any more
 
     async def kv_cache_size(self) -> list[int]:
         """Tokens in the KV cache, one count per batch.
@@ -350,6 +351,7 @@ class AsyncLLM:
         >>> await llm.set_chat_template("", "<|user|>", "<|assistant|>")  # doctest: +SKIP
         """
         await self._core.call(native.set_chat_template, system_prompt, prefix, postfix)
+        self._core.set_own(template=(system_prompt, prefix, postfix))
 
     async def set_function_tools(
         self,
@@ -363,6 +365,7 @@ class AsyncLLM:
         >>> await llm.set_function_tools("You control a home.", tools)  # doctest: +SKIP
         """
         await self._core.call(native.set_function_tools, system_prompt, tools, tool_response_str)
+        self._core.set_own(tools=(system_prompt, tools, tool_response_str))
 
     async def set_cross_attention(self, cross: CrossAttention | None) -> None:
         """Set (or clear with None) the cross-attention encoder arrays.

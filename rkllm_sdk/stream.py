@@ -108,7 +108,8 @@ def open_stream(
         wait=options.get("wait", True),
         limit=limit,
         array_rows=array_rows,
-        setup=setup,
+        # A plain run puts the handle's own template / tools back if a chat session's are set.
+        setup=setup if setup is not None else core.use_own_configuration,
     )
 
 

@@ -261,3 +261,61 @@ async def test_stop_strings_keep_tool_calls_and_thinking_marks(load: LoadLLM) ->
     assert chunks[0].thinking
     assert any(c.in_tool_call for c in chunks)
     assert s.result().finish_reason == "tool_calls"
+
+
+def _templated(llm: rk.AsyncLLM) -> str:
+    return str(_native.fake_last_input(native_handle(llm))["inputs"][0]["templated"])
+
+
+@pytest.mark.anyio
+async def test_each_session_runs_with_its_own_system_prompt_and_tools(load: LoadLLM) -> None:
+    """Two sessions on one handle each get their own system prompt / tools in force for
+    their turns; a plain generate() in between runs with the handle's own configuration
+    (no session's system prompt, no tools)."""
+    llm = await load()
+    pirate = llm.chat(system="You are a pirate.")
+    home = llm.chat(system="You control a home.", tools=[set_light])
+    await pirate.send("one")
+    assert "You are a pirate." in _templated(llm)
+    await home.send("two")
+    assert "pirate" not in _templated(llm)
+    info = _native.fake_last_input(native_handle(llm))
+    assert "You control a home." in str(info)
+    await llm.generate("three")
+    plain = str(_native.fake_last_input(native_handle(llm)))
+    assert "pirate" not in plain and "You control a home." not in plain and "set_light" not in plain
+    await pirate.send("four")
+    assert "You are a pirate." in _templated(llm)
+
+
+@pytest.mark.anyio
+async def test_a_session_knows_when_its_history_was_lost(load: LoadLLM) -> None:
+    """Turns in a row keep their history; a plain run (or another session) in between
+    empties the KV cache, and the session says so (history_lost) and starts afresh."""
+    llm = await load()
+    chat = llm.chat(system="Be brief.")
+    await chat.send("one")
+    await chat.send("two")
+    assert not chat.history_lost
+    size = (await llm.kv_cache_size())[0]
+    await llm.generate("unrelated")
+    await chat.send("three")
+    assert chat.history_lost
+    assert _templated(llm).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert (await llm.kv_cache_size())[0] < size + 20
+    other = llm.chat()
+    await other.send("x")
+    assert not other.history_lost  # its first turn: nothing to lose
+
+
+@pytest.mark.anyio
+async def test_the_handles_own_template_is_restored_after_a_session(load: LoadLLM) -> None:
+    """A template set with llm.set_chat_template() is the handle's own: plain runs get it
+    back after a session used another."""
+    llm = await load()
+    await llm.set_chat_template("SYS ", "<u>", "</u>")
+    await llm.generate("a")
+    assert _templated(llm) == "SYS <u>a</u>"
+    await llm.chat(system="Be brief.").send("b")
+    await llm.generate("c")
+    assert _templated(llm) == "SYS <u>c</u>"

@@ -6,6 +6,7 @@ names each piece, where it was found, and gives a one-line fix for every problem
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -17,7 +18,14 @@ import attrs
 from ._ffi.loader import detect_version, load_runtime, locate_runtime, resolve_abi
 from .errors import RKLLMError, RuntimeNotFoundError, RuntimeVersionError
 
-__all__ = ["DoctorReport", "ModelFileCheck", "Problem", "doctor"]
+__all__ = [
+    "DoctorReport",
+    "ModelFileCheck",
+    "Problem",
+    "doctor",
+    "looks_like_library",
+    "model_file_problem",
+]
 
 #: Where the RKNPU kernel driver reports its version, in order.
 DRIVER_VERSION_PATHS: tuple[str, ...] = (
@@ -184,6 +192,89 @@ def _libc() -> str:
     return "unknown libc"
 
 
+#: What a shared library file starts with.
+ELF_MAGIC = b"\x7fELF"
+#: The format tag of the fake runtime's JSON model files.
+FAKE_MODEL_FORMAT = "rkllm-fake/1"
+#: Smaller than this cannot be an ``.rkllm`` model: the smallest real ones (0.5B parameters,
+#: w4a16) are a few hundred MB. The SDK does not know the format's magic bytes, so a file
+#: at least this big that is not a fake model is taken on trust.
+MIN_RKLLM_BYTES = 1 << 20
+
+
+def looks_like_library(path: str | os.PathLike[str]) -> bool:
+    """True when the file starts with the ELF magic (or cannot be read: let dlopen say why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == ELF_MAGIC
+    except OSError:
+        return True
+
+
+def model_file_problem(path: str | os.PathLike[str], *, fake_runtime: bool) -> Problem | None:
+    """Why ``path`` cannot be a model file for the runtime, or None when it may be one.
+
+    A fake model is a JSON object with ``"format": "rkllm-fake/1"``; a real ``.rkllm`` file is
+    recognised by its size only (its magic is not documented).
+    """
+    p = Path(path)
+    return _path_problem(p) or _content_problem(p, fake_runtime=fake_runtime)
+
+
+_CONVERT = "pass the path of a .rkllm model converted for this runtime version"
+
+
+def _path_problem(p: Path) -> Problem | None:
+    convert = _CONVERT
+    if p.is_dir():
+        return Problem(
+            what=f"model file {p} is a directory", fix=f"pass the model file inside it; {convert}"
+        )
+    if not p.is_file():
+        return Problem(what=f"model file {p} does not exist", fix=convert)
+    if not os.access(p, os.R_OK):
+        return Problem(
+            what=f"model file {p} is not readable", fix=f"fix its permissions (chmod a+r {p})"
+        )
+    if p.stat().st_size == 0:
+        return Problem(what=f"model file {p} is empty", fix="download or convert the model again")
+    return None
+
+
+def _content_problem(p: Path, *, fake_runtime: bool) -> Problem | None:
+    convert = _CONVERT
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        head = f.read(min(size, MIN_RKLLM_BYTES))
+    if head.lstrip()[:1] == b"{":
+        try:
+            fmt = json.loads(head.decode("utf-8")).get("format")
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            fmt = None
+        if fmt == FAKE_MODEL_FORMAT:
+            return None
+        return Problem(
+            what=f"model file {p} is JSON but not a fake runtime model "
+            f'(no "format": "{FAKE_MODEL_FORMAT}")',
+            fix=f"write fake models with rkllm_sdk.testing.FakeModel; {convert}",
+        )
+    if fake_runtime:
+        return Problem(
+            what=f"model file {p} is not a fake runtime model: the fake reads only its own "
+            f'JSON files ("format": "{FAKE_MODEL_FORMAT}")',
+            fix="use a .rkllm model with a vendor runtime, or a model file written by "
+            "rkllm_sdk.testing.FakeModel with runtime='fake'",
+        )
+    if size < MIN_RKLLM_BYTES:
+        return Problem(
+            what=f"model file {p} is only {size:,} bytes: too small for an .rkllm model (real "
+            "ones are hundreds of MB; the format's magic is undocumented, so only the size is "
+            "checked)",
+            fix=f"download or convert the model again; {convert}",
+        )
+    return None
+
+
 def _model_check(path: str | os.PathLike[str]) -> ModelFileCheck:
     p = Path(path)
     exists = p.is_file()
@@ -216,6 +307,10 @@ def doctor(
     try:
         path, found_by, is_fake = locate_runtime(runtime, abi=abi)
         found.runtime_path, found.found_by, found.is_fake = str(path), found_by, is_fake
+        if not looks_like_library(path):
+            raise RuntimeNotFoundError(
+                f"{path} is not a shared library (no ELF header): it cannot be the runtime"
+            )
         version = detect_version(path)
         found.runtime_version = version
         chosen, source = resolve_abi(abi, version, path)
@@ -266,7 +361,7 @@ def doctor(
             "this machine is not an RKLLM board (no RKNPU driver, no Rockchip device tree): "
             "runtime='fake' runs everything here without an NPU"
         )
-        if found.runtime_path and not found.is_fake:
+        if found.abi is not None and not found.is_fake:  # a library that could be loaded
             problems.append(
                 Problem(
                     what="a vendor runtime was found but there is no RKNPU driver to run it on",
@@ -283,28 +378,11 @@ def doctor(
         )
 
     check = _model_check(model) if model is not None else None
-    if check is not None:
-        if not check.exists:
-            problems.append(
-                Problem(
-                    what=f"model file {check.path} does not exist",
-                    fix="pass the path of a .rkllm model converted for this runtime version",
-                )
-            )
-        elif not check.readable:
-            problems.append(
-                Problem(
-                    what=f"model file {check.path} is not readable",
-                    fix=f"fix its permissions (chmod a+r {check.path})",
-                )
-            )
-        elif check.size_bytes == 0:
-            problems.append(
-                Problem(
-                    what=f"model file {check.path} is empty",
-                    fix="download or convert the model again",
-                )
-            )
+    if model is not None:
+        # The path only: what the file holds is checked by model_file_problem (rkllm doctor).
+        problem = _path_problem(Path(model))
+        if problem is not None:
+            problems.append(problem)
 
     return DoctorReport(
         **attrs.asdict(found),

@@ -12,7 +12,8 @@ from typing import Any
 
 import attrs
 
-from .. import AsyncLLM, ModelParams, RuntimeNotFoundError
+from .. import AsyncLLM, ModelLoadError, ModelParams, RuntimeNotFoundError
+from .._doctor import looks_like_library
 from .._fake import demo_model_path
 from .._ffi.loader import locate_runtime
 
@@ -39,6 +40,15 @@ def resolve_target(runtime: str | None, model: str | None, abi: str | None) -> T
     ``--model`` with the fake runtime: its demo model. No ``--model`` with a real runtime:
     :class:`UsageError`.
     """
+    if (
+        runtime not in (None, "fake")
+        and Path(runtime).is_file()
+        and not looks_like_library(runtime)
+    ):
+        raise RuntimeNotFoundError(
+            f"{runtime} is not a shared library (no ELF header): point --runtime at "
+            "librkllmrt.so (or use 'fake')"
+        )
     if model is not None:
         return Target(runtime, Path(model))
     try:
@@ -59,6 +69,11 @@ def resolve_target(runtime: str | None, model: str | None, abi: str | None) -> T
 
 async def load_model(args: argparse.Namespace, target: Target, **params: Any) -> AsyncLLM:
     """Load the target's model with ``params`` (and ``--max-new-tokens``, when given)."""
+    model = target.model
+    if model.is_dir():
+        raise ModelLoadError(f"model file {str(model)!r} is a directory: give the file inside it")
+    if not model.exists():  # the runtime's failure would list unrelated causes
+        raise ModelLoadError(f"model file {str(model)!r} does not exist")
     if args.max_new_tokens is not None:
         params.setdefault("max_new_tokens", args.max_new_tokens)
     return await AsyncLLM.load(

@@ -27,6 +27,10 @@ class Interrupts:
     stop: Callable[[], object] | None = None
     hits: int = 0
 
+    def new_step(self) -> None:
+        """A new step begins (a chat's next answer): Ctrl-Cs before it no longer count."""
+        self.hits = 0
+
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Count SIGINTs and act on each (run as a task; started once the handler is in)."""
         with anyio.open_signal_receiver(signal.SIGINT) as signals:

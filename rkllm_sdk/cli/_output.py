@@ -100,11 +100,23 @@ def echo_chunks(out: Console) -> Callable[[Chunk], None]:
     return echo
 
 
+def tool_calls_json(reply: ChatReply) -> list[dict[str, Any]]:
+    """The reply's tool calls as in the JSON output (``error``: why a call is unusable)."""
+    return [
+        {"id": c.id, "name": c.name, "arguments": c.arguments, "error": c.error}
+        for c in reply.tool_calls
+    ]
+
+
 def print_tool_calls(reply: ChatReply, err: Console) -> None:
-    """One ``tool call name({...})  id=...`` line per tool call of the reply."""
+    """One ``tool call name({...})  id=...`` line per tool call of the reply.
+
+    A call that could not be read (unknown tool, bad JSON, ...) says so with its error.
+    """
     for call in reply.tool_calls:
         args_text = json.dumps(call.arguments, ensure_ascii=False)
+        problem = f"  [red]error: {esc(call.error)}[/red]" if call.error else ""
+        shown = f"{call.name or '?'}({args_text})"
         err.print(
-            f"[magenta]tool call[/magenta] {esc(f'{call.name}({args_text})')}  "
-            f"[dim]id={esc(call.id)}[/dim]"
+            f"[magenta]tool call[/magenta] {esc(shown)}{problem}  [dim]id={esc(call.id)}[/dim]"
         )

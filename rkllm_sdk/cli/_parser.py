@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from .bench import cmd_bench
 from .chat import CHAT_HELP, cmd_chat
 from .doctor import cmd_doctor
 from .run import cmd_run
 
+#: The largest value of a C ``int`` (int32): every count ends up in one.
+INT32_MAX = 2**31 - 1
+#: The largest bench prompt or reply: the fake's (and any real model's) context limit.
+MAX_CONTEXT = 1_048_576
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+
+def _count(hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer from 1 to ``hi``; argparse names the option on error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not 1 <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {hi}: {value}")
+        return value
+
+    parse.__name__ = "count"  # argparse's "invalid count value" fallback names it
+    return parse
+
+
+_positive_int = _count(INT32_MAX)
+_context_count = _count(MAX_CONTEXT)
 
 
 def _common(p: argparse.ArgumentParser, *, model_help: str) -> None:
@@ -102,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "median, min and max of each figure.",
     )
     _common(p, model_help="the .rkllm model (on the fake runtime: its demo model by default)")
-    p.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N")
-    p.add_argument("--new-tokens", type=_positive_int, default=64, metavar="N")
+    p.add_argument("--prompt-tokens", type=_context_count, default=128, metavar="N")
+    p.add_argument("--new-tokens", type=_context_count, default=64, metavar="N")
     p.add_argument("--runs", type=_positive_int, default=5, metavar="N")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench, max_new_tokens=None)

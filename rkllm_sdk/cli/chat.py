@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +38,27 @@ CHAT_HELP = (
 
 
 class LineReader:
-    """Lines from a file descriptor without blocking the event loop (or a thread)."""
+    """Lines from a file descriptor without blocking the event loop (or a thread).
+
+    Pipes, sockets and terminals are waited on through the event loop; a regular file or a
+    device such as ``/dev/null`` (``rkllm chat < questions.txt``) cannot be registered with
+    epoll and never blocks, so it is read directly.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = b""
         self._eof = False
+        mode = os.fstat(fd).st_mode
+        self._pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
     async def readline(self) -> str | None:
         """The next line without its newline; None at end of input."""
         while b"\n" not in self._buf and not self._eof:
-            await anyio.wait_readable(self._fd)
+            if self._pollable:
+                await anyio.wait_readable(self._fd)
+            else:
+                await anyio.lowlevel.checkpoint()
             data = os.read(self._fd, 65536)
             self._eof = not data
             self._buf += data
@@ -57,12 +69,61 @@ class LineReader:
         return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
+class TerminalReader:
+    """Lines typed at a terminal, with ``readline`` line editing and history.
+
+    ``input()`` blocks, so it runs in a daemon thread of its own (not an anyio worker, which
+    the interpreter would wait for at exit while ``input()`` still waits for a line) and hands
+    the line back through a pipe the event loop waits on. Ctrl-C at the prompt cancels the
+    wait; the terminal's settings are restored when the chat ends.
+    """
+
+    def __init__(self, fd: int) -> None:
+        import readline  # noqa: F401, PLC0415  # line editing and history for input()
+        import termios  # noqa: PLC0415
+
+        self._fd = fd
+        self._saved = termios.tcgetattr(fd)
+        self._wake_r, self._wake_w = os.pipe()
+        self._line: str | None = None
+        self._thread: threading.Thread | None = None
+
+    async def readline(self, prompt: str) -> str | None:
+        """The next line typed after ``prompt``; None at end of input (Ctrl-D)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read, args=(prompt,), name="rkllm-chat-input", daemon=True
+            )
+            self._thread.start()
+        await anyio.wait_readable(self._wake_r)
+        os.read(self._wake_r, 1)
+        self._thread = None
+        return self._line
+
+    def _read(self, prompt: str) -> None:
+        try:
+            self._line = input(prompt)
+        except EOFError:
+            self._line = None
+        os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        """Restore the terminal (an abandoned ``input()`` may have left it in raw mode)."""
+        import termios  # noqa: PLC0415
+
+        termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
 def load_tools(path: str) -> list[dict[str, Any]]:
     """OpenAI-style tool definitions from a JSON file (a list, or ``{"tools": [...]}``)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read the tools file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the tools file {path} is not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"the tools file {path} is not JSON: {exc}") from None
     if isinstance(data, dict) and "tools" in data:
@@ -136,6 +197,7 @@ class ChatLoop:
 
     async def turn(self, prompt: str, role: str, ints: Interrupts) -> None:
         """Stream one answer; Ctrl-C stops it and the chat goes on."""
+        ints.new_step()  # a Ctrl-C that stopped an earlier answer does not count here
         self.out.print("[bold blue]assistant>[/bold blue] ", end="")
         echo = echo_chunks(self.out)
         async with self.chat.stream(prompt, role=role) as s:
@@ -156,14 +218,36 @@ async def _chat(args: argparse.Namespace, target: Target, ints: Interrupts) -> i
     out, err = consoles()
     print_notice(target, err)
     tools = load_tools(args.tools) if args.tools else []
-    reader = LineReader(sys.stdin.fileno())
+    fd = sys.stdin.fileno()
+    # input() edits lines with readline only when both stdin and stdout are terminals.
+    terminal = TerminalReader(fd) if os.isatty(fd) and sys.stdout.isatty() else None
+    try:
+        return await _chat_loop(args, target, ints, tools, terminal or LineReader(fd), (out, err))
+    finally:
+        if terminal is not None:
+            terminal.close()
+
+
+async def _chat_loop(
+    args: argparse.Namespace,
+    target: Target,
+    ints: Interrupts,
+    tools: list[dict[str, Any]],
+    reader: LineReader | TerminalReader,
+    streams: tuple[Console, Console],
+) -> int:
+    out, err = streams
+    prompt = "\001\033[1;32m\002you>\001\033[0m\002 " if out.color_system else "you> "
     async with await load_model(args, target) as llm:
         loop = ChatLoop(llm, args, tools, out, err)
         err.print(f"[dim]{esc(runtime_label(llm))}[/dim]")
         err.print(f"[dim]{CHAT_HELP}[/dim]")
         while True:
-            out.print("[bold green]you>[/bold green] ", end="")
-            line = await reader.readline()
+            if isinstance(reader, TerminalReader):
+                line = await reader.readline(prompt)
+            else:
+                out.print("[bold green]you>[/bold green] ", end="")
+                line = await reader.readline()
             text = (line or "").strip()
             if line is None or text in ("/exit", "/quit"):
                 out.print()

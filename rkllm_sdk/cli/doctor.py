@@ -12,7 +12,10 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .. import DoctorReport, doctor
+from .._doctor import model_file_problem
 from .._probe import REPORT_HINT, Finding, ProbeReport, run_probe
 from ._common import EXIT_ERROR, EXIT_OK, UsageError
 from ._output import consoles, esc, print_json
@@ -121,6 +124,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.probe is not None:
         return _probe(args)
     report = doctor(args.model, runtime=args.runtime, abi=args.abi)
+    if args.model is not None and report.model is not None and report.model.exists:
+        # doctor() checks the path; the command also checks that the file looks like a model.
+        problem = model_file_problem(args.model, fake_runtime=report.is_fake)
+        if problem is not None and problem not in report.problems:
+            report = attrs.evolve(report, problems=(*report.problems, problem))
     if args.json:
         print_json(report.to_dict())
     else:

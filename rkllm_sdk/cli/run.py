@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from .. import AsyncLLM, ChatReply
+from .. import AsyncLLM, ChatReply, RKLLMError
 from ._common import EXIT_INTERRUPTED, EXIT_OK, Target, load_model, resolve_target
 from ._interrupts import Interrupts, with_interrupts
 from ._output import (
@@ -20,6 +20,7 @@ from ._output import (
     runtime_json,
     runtime_label,
     summary_line,
+    tool_calls_json,
 )
 
 
@@ -30,12 +31,26 @@ def reply_json(
     return {
         "text": reply.text,
         "thinking": reply.thinking,
-        "tool_calls": [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls
-        ],
+        "tool_calls": tool_calls_json(reply),
         "finish_reason": reply.finish_reason,
         "interrupted": interrupted,
         **rates(reply.generation),
+        "runtime": runtime_json(llm),
+        "model": str(target.model),
+    }
+
+
+def failed_json(
+    exc: RKLLMError, text: str, thinking: str, llm: AsyncLLM, target: Target
+) -> dict[str, Any]:
+    """The ``--json`` output of a run that failed midway: what came, and the error."""
+    return {
+        "text": text,
+        "thinking": thinking,
+        "tool_calls": [],
+        "finish_reason": "error",
+        "interrupted": False,
+        "error": f"{type(exc).__name__}: {exc}",
         "runtime": runtime_json(llm),
         "model": str(target.model),
     }
@@ -47,11 +62,20 @@ async def _run(args: argparse.Namespace, target: Target, ints: Interrupts) -> in
     echo = echo_chunks(out)
     async with await load_model(args, target) as llm:
         chat = llm.chat(system=args.system, thinking=args.thinking)
-        async with chat.stream(args.prompt) as s:
-            ints.stop = s.abort
-            async for chunk in s:
-                if not args.json:
-                    echo(chunk)
+        text: list[str] = []
+        thinking: list[str] = []
+        try:
+            async with chat.stream(args.prompt) as s:
+                ints.stop = s.abort
+                async for chunk in s:
+                    (thinking if chunk.thinking else text).append(chunk.text)
+                    if not args.json:
+                        echo(chunk)
+        except RKLLMError as exc:
+            if not args.json:
+                raise  # the partial text is on stdout already; main prints the error
+            print_json(failed_json(exc, "".join(text), "".join(thinking), llm, target))
+            raise
         ints.stop = None
         reply = chat.reply_from(s.result())
         interrupted = ints.hits > 0 and reply.finish_reason == "abort"

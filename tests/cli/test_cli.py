@@ -132,7 +132,9 @@ def test_usage_errors_exit_2() -> None:
     )
     r = rkllm("bench", "--runs", "0")
     assert r.returncode == 2
-    assert r.stderr.splitlines()[-1] == "rkllm bench: error: argument --runs: must be at least 1: 0"
+    assert r.stderr.splitlines()[-1] == (
+        "rkllm bench: error: argument --runs: must be from 1 to 2147483647: 0"
+    )
 
 
 def test_doctor_json_on_fake(abi: str, monkeypatch: pytest.MonkeyPatch) -> None:

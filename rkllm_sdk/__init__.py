@@ -19,6 +19,7 @@ from .errors import AbortedError as AbortedError
 from .errors import ArrayTypeError as ArrayTypeError
 from .errors import BusyError as BusyError
 from .errors import ClosedError as ClosedError
+from .errors import EventLoopError as EventLoopError
 from .errors import GenerationError as GenerationError
 from .errors import InvalidParamsError as InvalidParamsError
 from .errors import ModelLoadError as ModelLoadError
@@ -89,6 +90,7 @@ __all__ = [
     "CrossAttention",
     "DoctorReport",
     "EmbedInput",
+    "EventLoopError",
     "ExtendParams",
     "FinishReason",
     "Generation",

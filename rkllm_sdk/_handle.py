@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
 from . import _native as native
 from . import metrics
-from .errors import BusyError, ClosedError, RKLLMError
+from .errors import BusyError, ClosedError, EventLoopError, RKLLMError
 from .results import Generation, RuntimeInfo
 
 __all__ = ["MAX_PENDING", "HandleCore", "HandleInfo", "finish_even_if_cancelled", "open_handles"]
@@ -185,6 +186,8 @@ class HandleCore:
         #: The last finished run (``AsyncLLM.timings()``).
         self.last: Generation | None = None
         self._slot = anyio.Semaphore(1)  # FIFO: one task at a time on the handle
+        # The slot, the streams' locks and their fd wake-ups belong to the loading loop.
+        self._loop = anyio.lowlevel.current_token()
         self._closing = False
         self._closed: anyio.Event | None = None  # set once closing has finished
         self._busy = False
@@ -222,13 +225,25 @@ class HandleCore:
 
     # ---- the FIFO slot ---------------------------------------------------------------------
 
+    def check_loop(self) -> None:
+        """:class:`EventLoopError` at once when called from a loop not the handle's own
+        (waiting on its queue there would hang both loops)."""
+        if anyio.lowlevel.current_token() != self._loop:
+            raise EventLoopError(
+                f"this handle ({Path(self.model_path).name}) was loaded on another event loop "
+                "(another thread's, or another async library's); use it there, or load one "
+                "per loop"
+            )
+
     async def acquire(self, wait: bool, run: Run | None = None) -> None:
         """Take the handle for one call (in FIFO order); ``run`` is what ``abort()`` stops.
 
         Raises:
             ClosedError: the handle is closed, or was closed while waiting.
             BusyError: ``wait`` is False and the handle is in use.
+            EventLoopError: called from another event loop than the handle's.
         """
+        self.check_loop()
         if self.closed:
             raise ClosedError("the model handle is closed")
         if not wait and (self._busy or self._slot.value == 0):
@@ -371,6 +386,7 @@ class HandleCore:
         still closes the handle (a later call waits for that to finish)."""
         if self._handle is None:
             return
+        self.check_loop()
         if self._closed is None:
             self._closing = True
             self._closed = anyio.Event()

@@ -13,26 +13,30 @@ Every error the SDK raises derives from :class:`RKLLMError`, named by what happe
     ├── GenerationError             a run failed (rkllm_run != 0 or RKLLM_RUN_ERROR)
     ├── AbortedError                the run was aborted before it produced its result
     ├── ClosedError                 the handle was closed
+    ├── EventLoopError              the handle was used from an event loop not its own
     └── NativeCallError             any other runtime call returned non-zero
 
 Cancellation (``asyncio.CancelledError``, trio's ``Cancelled``) is never wrapped.
 
 :func:`jsonrpc_code` and :func:`http_status` give each error's code for the JSON-RPC / MCP
-server and the HTTP API. Domain errors use -32000..-32019 (JSON-RPC's server-error range);
-invalid arguments use JSON-RPC's own -32602:
+server and the HTTP API. Domain errors use -32003..-32019, inside JSON-RPC's server-error
+range but clear of the codes the MCP SDK uses itself (-32000, -32001) and the one MCP retired
+(-32002), so the same codes serve the JSON-RPC proxy and MCP; invalid arguments use
+JSON-RPC's own -32602:
 
 =========================  ========  =====
 error                      JSON-RPC  HTTP
 =========================  ========  =====
-RKLLMError                 -32000    500
-RuntimeNotFoundError       -32001    503
-RuntimeVersionError        -32002    503
+RKLLMError                 -32010    500
+RuntimeNotFoundError       -32011    503
+RuntimeVersionError        -32012    503
 ModelLoadError             -32003    500
 BusyError                  -32004    429
 GenerationError            -32005    500
 AbortedError               -32006    499
 ClosedError                -32007    410
 NativeCallError            -32008    500
+EventLoopError             -32009    500
 InvalidParamsError         -32602    400
 ArrayTypeError             -32602    400
 UnsupportedOnABIError      -32602    400
@@ -52,6 +56,7 @@ __all__ = [
     "BusyError",
     "ClosedError",
     "ErrorCodes",
+    "EventLoopError",
     "GenerationError",
     "InvalidParamsError",
     "ModelLoadError",
@@ -127,6 +132,11 @@ class ClosedError(RKLLMError):
     """The handle was closed (or is closing)."""
 
 
+class EventLoopError(RKLLMError, RuntimeError):
+    """A handle was used from an event loop other than the one it was loaded on (another
+    thread's loop, or trio after asyncio): its queue and wake-ups belong to that loop."""
+
+
 class NativeCallError(RKLLMError):
     """A runtime function returned a failure code; the message names the function."""
 
@@ -140,15 +150,16 @@ class ErrorCodes(NamedTuple):
 
 #: The single table from error class to its JSON-RPC code and HTTP status.
 ERROR_CODES: Final[dict[type[RKLLMError], ErrorCodes]] = {
-    RKLLMError: ErrorCodes(-32000, 500),
-    RuntimeNotFoundError: ErrorCodes(-32001, 503),
-    RuntimeVersionError: ErrorCodes(-32002, 503),
+    RKLLMError: ErrorCodes(-32010, 500),
+    RuntimeNotFoundError: ErrorCodes(-32011, 503),
+    RuntimeVersionError: ErrorCodes(-32012, 503),
     ModelLoadError: ErrorCodes(-32003, 500),
     BusyError: ErrorCodes(-32004, 429),
     GenerationError: ErrorCodes(-32005, 500),
     AbortedError: ErrorCodes(-32006, 499),
     ClosedError: ErrorCodes(-32007, 410),
     NativeCallError: ErrorCodes(-32008, 500),
+    EventLoopError: ErrorCodes(-32009, 500),
     InvalidParamsError: ErrorCodes(-32602, 400),
     ArrayTypeError: ErrorCodes(-32602, 400),
     UnsupportedOnABIError: ErrorCodes(-32602, 400),

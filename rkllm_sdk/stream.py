@@ -30,6 +30,7 @@ from typing import Unpack
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 
 from . import _native as native
 from ._decoder import Decoder
@@ -116,17 +117,30 @@ def open_stream(
 async def collect_arrays(
     core: HandleCore, prompt: PromptLike, mode: InferMode, *, all_tokens: bool, keep_history: bool
 ) -> FloatArray:
-    """One run in a logits / hidden-state mode: the rows of its (single) input.
+    """One run in a logits / hidden-state mode: the rows of its input (``[rows, width]``),
+    or of every input of a batched run, stacked (``[inputs, rows, width]``).
 
     Raises:
         AbortedError: the run was aborted before its arrays were complete.
+        InvalidParamsError: a batch whose inputs gave different row counts (all tokens of
+            inputs of different lengths): they cannot stack.
     """
     stream = open_stream(
         core, prompt, mode=mode, array_rows=2 if all_tokens else 1, keep_history=keep_history
     )
     async with stream as s:
         await s.final()
-        return s._arrays(0)
+        assert s._decoder is not None
+        if len(s._decoder.batches) == 1:
+            return s._arrays(0)
+        rows = [s._arrays(b) for b in range(len(s._decoder.batches))]
+    if len({r.shape for r in rows}) != 1:
+        shapes = ", ".join("x".join(map(str, r.shape)) for r in rows)
+        raise InvalidParamsError(
+            f"the batch's inputs gave rows of different shapes ({shapes}); with all_tokens, "
+            "give inputs of equal length, or one call per input"
+        )
+    return np.stack(rows)
 
 
 async def next_chunks(stream: TokenStream) -> list[Chunk]:

@@ -14,17 +14,21 @@ running, such as a Jupyter kernel, without ``nest_asyncio``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .arrays import FloatArray
 from .chat import ChatReply, ChatSession
+from .errors import ClosedError
 from .llm import AsyncLLM
 from .metrics import MetricsSnapshot
 from .models import CrossAttention, Input, LoraAdapter, ModelParams
@@ -34,6 +38,69 @@ from .stream import PromptLike, TokenStream, next_chunks
 from .tools import ToolLike
 
 __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
+
+T = TypeVar("T")
+
+#: After Ctrl-C, how long a blocking call waits for its run to be aborted and the runtime to
+#: let go before KeyboardInterrupt propagates (a second Ctrl-C leaves at once).
+INTERRUPT_GRACE_S = 30.0
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C is held back while the background loop starts or stops, then raised.
+
+    anyio's portal cannot be interrupted half-started or half-stopped: a KeyboardInterrupt
+    inside its start leaves its thread running and the start waiting for it for ever. Only
+    the main thread receives SIGINT, and only there can the handler be swapped.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _blocking(
+    portal: BlockingPortal,
+    closed: Callable[[], bool],
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    **kwargs: Any,
+) -> T:
+    """``portal.call`` for the twin's async calls, with Ctrl-C handled as the async side
+    handles cancellation: KeyboardInterrupt cancels the call on the loop (its run is
+    aborted on the NPU) and propagates once that is done, so the next call does not wait
+    for an abandoned run. A closed twin raises :class:`ClosedError`."""
+    if closed():
+        raise ClosedError("the model handle is closed")
+    finished = threading.Event()
+
+    async def call() -> T:
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            finished.set()
+
+    future = portal.start_task_soon(call)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()  # cancels the task on the loop: streams abort and wait, shielded
+        finished.wait(INTERRUPT_GRACE_S)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            result = future.result()  # it finished first: a loaded handle must not leak
+            if isinstance(result, AsyncLLM):
+                portal.call(result.aclose)
+        raise
 
 
 class SyncTokenStream:
@@ -140,10 +207,13 @@ class SyncTokenStream:
 class SyncChatSession:
     """A :class:`ChatSession` with blocking calls (see ``LLM.chat()``)."""
 
-    def __init__(self, portal: BlockingPortal, session: ChatSession) -> None:
+    def __init__(
+        self, portal: BlockingPortal, session: ChatSession, closed: Callable[[], bool]
+    ) -> None:
         """Internal: use ``llm.chat(...)``."""
         self._portal = portal
         self.session = session
+        self._closed = closed
 
     @property
     def system(self) -> str | None:
@@ -185,6 +255,8 @@ class SyncChatSession:
 
         >>> with chat.stream("Hi") as s: print("".join(c.text for c in s))  # doctest: +SKIP
         """
+        if self._closed():
+            raise ClosedError("the model handle is closed")
         stream: TokenStream = self._portal.call(
             functools.partial(self.session.stream, text, role=role, **options)
         )
@@ -202,8 +274,7 @@ class SyncChatSession:
 
         >>> chat.send("Turn on the kitchen light").tool_calls  # doctest: +SKIP
         """
-        reply: ChatReply = self._portal.call(functools.partial(self.session.send, text, **options))
-        return reply
+        return _blocking(self._portal, self._closed, self.session.send, text, **options)
 
     def send_tool_results(
         self, results: Mapping[str, Any] | Sequence[Any], **options: Unpack[TurnOptions]
@@ -212,17 +283,16 @@ class SyncChatSession:
 
         >>> chat.send_tool_results([21.5]).text  # doctest: +SKIP
         """
-        reply: ChatReply = self._portal.call(
-            functools.partial(self.session.send_tool_results, results, **options)
+        return _blocking(
+            self._portal, self._closed, self.session.send_tool_results, results, **options
         )
-        return reply
 
     def reset(self) -> None:
         """Forget the conversation.
 
         >>> chat.reset()  # doctest: +SKIP
         """
-        self._portal.call(self.session.reset)
+        _blocking(self._portal, self._closed, self.session.reset)
 
 
 class LLM:
@@ -256,21 +326,25 @@ class LLM:
         >>> llm = LLM.load("model.rkllm")  # doctest: +SKIP
         """
         cm = start_blocking_portal(backend)
-        portal = cm.__enter__()
+        with _interrupts_deferred():
+            portal = cm.__enter__()
         try:
-            llm = portal.call(
-                functools.partial(
-                    AsyncLLM.load,
-                    model_path,
-                    runtime=runtime,
-                    abi=abi,
-                    params=params,
-                    tokenizer=tokenizer,
-                    embedder=embedder,
-                )
+            # Ctrl-C while loading: the load is cancelled (a handle its init made is
+            # destroyed) and the loop stopped before KeyboardInterrupt propagates.
+            llm = _blocking(
+                portal,
+                lambda: False,
+                AsyncLLM.load,
+                model_path,
+                runtime=runtime,
+                abi=abi,
+                params=params,
+                tokenizer=tokenizer,
+                embedder=embedder,
             )
         except BaseException as exc:
-            cm.__exit__(type(exc), exc, exc.__traceback__)
+            with _interrupts_deferred():
+                cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return cls(cm, portal, llm)
 
@@ -293,13 +367,15 @@ class LLM:
         if self._portal_cm is None:
             return
         try:
-            self._portal.call(self._llm.aclose)
+            # aclose() is never interrupted on the loop: after Ctrl-C it still finishes.
+            _blocking(self._portal, lambda: False, self._llm.aclose)
         finally:
             cm, self._portal_cm = self._portal_cm, None
-            cm.__exit__(None, None, None)
+            with _interrupts_deferred():
+                cm.__exit__(None, None, None)
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        return _blocking(self._portal, lambda: self._portal_cm is None, fn, *args, **kwargs)
 
     # The same surface as AsyncLLM, blocking.
 
@@ -377,8 +453,12 @@ class LLM:
 
         >>> print("".join(c.text for c in llm.stream("Hi")))  # doctest: +SKIP
         """
+        if self._portal_cm is None:
+            raise ClosedError("the model handle is closed")
         # Built on the loop's thread: the stream's synchronisation primitives belong to it.
-        stream: TokenStream = self._call(self._llm.stream, prompt, **options)
+        stream: TokenStream = self._portal.call(
+            functools.partial(self._llm.stream, prompt, **options)
+        )
         return SyncTokenStream(self._portal, stream)
 
     def chat(
@@ -394,15 +474,14 @@ class LLM:
         >>> chat = llm.chat(system="You control a home.", tools=[set_light])  # doctest: +SKIP
         """
         session = self._llm.chat(system=system, tools=tools, thinking=thinking, template=template)
-        return SyncChatSession(self._portal, session)
+        return SyncChatSession(self._portal, session, lambda: self._portal_cm is None)
 
     def generate(self, prompt: PromptLike, **options: Unpack[RunOptions]) -> Generation:
         """Run to the end (options as AsyncLLM.stream).
 
         >>> llm.generate("Hi").text  # doctest: +SKIP
         """
-        result: Generation = self._call(self._llm.generate, prompt, **options)
-        return result
+        return self._call(self._llm.generate, prompt, **options)
 
     def generate_batch(
         self, prompts: Sequence[Input], **options: Unpack[RunOptions]
@@ -411,8 +490,7 @@ class LLM:
 
         >>> llm.generate_batch([rk.Prompt(text="a"), rk.Prompt(text="b")])  # doctest: +SKIP
         """
-        result: list[Generation] = self._call(self._llm.generate_batch, prompts, **options)
-        return result
+        return self._call(self._llm.generate_batch, prompts, **options)
 
     def logits(
         self, prompt: PromptLike, *, all_tokens: bool = False, keep_history: bool = False
@@ -421,10 +499,9 @@ class LLM:
 
         >>> llm.logits("The capital of France is").argmax()  # doctest: +SKIP
         """
-        result: FloatArray = self._call(
+        return self._call(
             self._llm.logits, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
-        return result
 
     def hidden_states(
         self, prompt: PromptLike, *, all_tokens: bool = True, keep_history: bool = False
@@ -433,10 +510,9 @@ class LLM:
 
         >>> llm.hidden_states("Hello").shape  # doctest: +SKIP
         """
-        result: FloatArray = self._call(
+        return self._call(
             self._llm.hidden_states, prompt, all_tokens=all_tokens, keep_history=keep_history
         )
-        return result
 
     def abort(self) -> None:
         """Abort the run in progress, if any, without waiting (see AsyncLLM.abort).
@@ -459,8 +535,7 @@ class LLM:
 
         >>> llm.kv_cache_size()  # doctest: +SKIP
         """
-        result: list[int] = self._call(self._llm.kv_cache_size)
-        return result
+        return self._call(self._llm.kv_cache_size)
 
     def load_lora(self, adapter: LoraAdapter) -> None:
         """Load (or replace) a LoRA adapter.

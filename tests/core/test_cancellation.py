@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import rkllm_sdk as rk
@@ -376,3 +377,25 @@ async def test_cancelled_handle_closes_still_destroy_the_handle(
             assert llm.closed
     await _no_handle_left()
     assert _native.fake_stats(rt)["live_handles"] == before
+
+
+async def test_a_handle_used_from_another_event_loop_fails_at_once(load: LoadLLM) -> None:
+    """A handle used from a second thread's event loop (asyncio there) raises EventLoopError
+    at once instead of hanging both loops; it still serves its own loop afterwards."""
+    llm = await load()
+
+    def other_loop() -> BaseException | None:
+        async def use() -> None:
+            await llm.generate("x")
+
+        try:
+            asyncio.run(use())
+        except BaseException as exc:  # returned to the test
+            return exc
+        return None
+
+    with anyio.fail_after(10):
+        error = await anyio.to_thread.run_sync(other_loop)
+    assert isinstance(error, rk.EventLoopError)
+    assert "another event loop" in str(error)
+    assert (await llm.generate("x")).finish_reason == "stop"

@@ -218,3 +218,24 @@ async def test_a_misspelled_option_is_refused_at_run_time_too(load: LoadLLM) -> 
     chat = llm.chat()
     with pytest.raises(TypeError, match="unknown run option.*stops"):
         await chat.send("x", stops=["\n"])  # type: ignore[call-arg]
+
+
+async def test_logits_and_hidden_states_of_a_batch_have_one_block_per_input(
+    load: LoadLLM,
+) -> None:
+    """On a two-input handle, logits() / hidden_states() return [inputs, rows, width], each
+    input's own rows (not the first input's twice)."""
+    llm = await load(params=rk.ModelParams(extend=rk.ExtendParams(n_batch=2)))
+    single = await load()
+    inputs = [rk.TokenInput(ids=[5, 6, 7]), rk.TokenInput(ids=[8, 9])]
+    logits = await llm.logits(inputs)  # the last token of each: rows of equal shape
+    assert logits.shape == (2, 1, 4096)
+    for got, one in zip(logits, inputs, strict=True):
+        np.testing.assert_array_equal(got, await single.logits(one))
+    assert not np.array_equal(logits[0], logits[1])
+    inputs = [rk.TokenInput(ids=[5, 6, 7]), rk.TokenInput(ids=[8, 9, 10])]
+    hidden = await llm.hidden_states(inputs)
+    assert hidden.shape == (2, 3, 16)
+    np.testing.assert_array_equal(hidden[1], await single.hidden_states(inputs[1]))
+    with pytest.raises(rk.InvalidParamsError, match="different shapes"):
+        await llm.hidden_states([rk.TokenInput(ids=[5]), rk.TokenInput(ids=[8, 9])])

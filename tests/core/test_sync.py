@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +125,98 @@ def test_sync_chat_tool_round_trip(abi: str, model: ModelFactory, no_leaks: None
         assert len(chat.turns) == 2
         chat.reset()
         assert llm.kv_cache_size() == [0]
+
+
+def test_calls_after_close_raise_closed_error(
+    abi: str, model: ModelFactory, no_leaks: None
+) -> None:
+    """Every blocking call on a closed twin (and its chat session) raises ClosedError, not
+    the portal's RuntimeError."""
+    llm = rk.LLM.load(model(), runtime="fake", abi=abi)
+    chat = llm.chat()
+    llm.close()
+    for call in (
+        lambda: llm.generate("x"),
+        lambda: llm.stream("x"),
+        llm.kv_cache_size,
+        lambda: chat.send("x"),
+        lambda: chat.stream("x"),
+    ):
+        with pytest.raises(rk.ClosedError):
+            call()
+    llm.close()  # idempotent
+
+
+_CTRL_C = r"""
+import os, signal, sys, threading, time
+import rkllm_sdk as rk
+from rkllm_sdk.testing import FakeModel
+
+path = FakeModel(decode_ms=20, natural_end=False).write(sys.argv[1])
+params = rk.ModelParams(max_new_tokens=500)
+llm = rk.LLM.load(path, runtime="fake", abi=sys.argv[2], params=params)
+chat = llm.chat(system="Be brief.")
+for name, call in (("generate", lambda: llm.generate("x")), ("send", lambda: chat.send("x"))):
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        call()
+        print(name, "finished")
+    except KeyboardInterrupt:
+        print(name, "interrupted", time.monotonic() - t0 < 5, llm.is_running(), flush=True)
+llm.close()
+print("handles", len(rk.open_handles()))
+"""
+
+
+def test_ctrl_c_in_blocking_calls_aborts_the_run(abi: str, tmp_path: Path) -> None:
+    """Ctrl-C in LLM.generate() / chat.send() raises KeyboardInterrupt only after the run
+    is aborted on the NPU (nothing left running), well before the 10 s reply would end."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C, str(tmp_path / "m.json"), abi],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RKLLM_FAKE_QUIET": "1"},
+        check=True,
+    )
+    assert proc.stdout.splitlines() == [
+        "generate interrupted True False",
+        "send interrupted True False",
+        "handles 0",
+    ], proc.stderr
+
+
+_CTRL_C_LOAD = r"""
+import os, random, signal, sys, threading
+import rkllm_sdk as rk
+from rkllm_sdk._ffi.loader import load_runtime
+from rkllm_sdk import _native
+from rkllm_sdk.testing import FakeModel
+
+path = FakeModel().write(sys.argv[1])
+rng = random.Random(int(sys.argv[3]))
+for attempt in range(20):
+    threading.Timer(rng.random() * 0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        while True:
+            rk.LLM.load(path, runtime="fake", abi=sys.argv[2]).close()
+    except KeyboardInterrupt:
+        pass
+rt = load_runtime("fake", abi=sys.argv[2])
+print(len(rk.open_handles()), _native.fake_stats(rt)["live_handles"])
+"""
+
+
+def test_ctrl_c_during_load_leaves_nothing_behind(abi: str, tmp_path: Path) -> None:
+    """Ctrl-C at random moments of LLM.load() / close() (20 times) raises KeyboardInterrupt
+    promptly and leaves no handle open, in the SDK or in the runtime."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_LOAD, str(tmp_path / "m.json"), abi, "7"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RKLLM_FAKE_QUIET": "1"},
+        check=True,
+    )
+    assert proc.stdout.split() == ["0", "0"], proc.stderr

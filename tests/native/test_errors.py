@@ -9,7 +9,8 @@ from rkllm_sdk import errors
 
 
 def test_every_error_class_has_codes() -> None:
-    """Each exported error class is in ERROR_CODES; domain errors sit in -32000..-32019."""
+    """Each exported error class is in ERROR_CODES; domain errors sit in -32003..-32019,
+    clear of the codes MCP uses (-32000, -32001) or retired (-32002)."""
     classes = {getattr(errors, n) for n in errors.__all__ if n.endswith("Error")}
     assert classes == set(errors.ERROR_CODES)
     for cls, codes in errors.ERROR_CODES.items():
@@ -17,7 +18,7 @@ def test_every_error_class_has_codes() -> None:
             assert codes.jsonrpc == -32602
             assert codes.http == 400
         else:
-            assert -32019 <= codes.jsonrpc <= -32000, cls
+            assert -32019 <= codes.jsonrpc <= -32003, cls
     domain = [c.jsonrpc for cls, c in errors.ERROR_CODES.items() if c.jsonrpc != -32602]
     assert len(domain) == len(set(domain)), "two error classes share a JSON-RPC code"
 

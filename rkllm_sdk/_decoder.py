@@ -153,9 +153,18 @@ class Decoder:
         #: Why the run is being ended early ("abort", "pause", "stop"), set by the stream
         #: when it asks the runtime to stop, and by a stop string.
         self.abort_reason: FinishReason | None = None
+        self._requested_ns: int | None = None  # when abort / pause was asked for
+        self._terminal_ns: int | None = None  # when the runtime's terminal callback ran
         # Benchmarks only: the callback time of each queued chunk and of each array.
         self.stamps: deque[int] | None = deque() if measure else None
         self.array_callback_ns: list[int] | None = [] if measure else None
+
+    def request_stop(self, reason: FinishReason) -> None:
+        """The stream asks the runtime to stop (``"abort"``, ``"pause"``): the reason the run
+        will end with, unless the runtime had already finished by itself (see _reason)."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+            self._requested_ns = time.monotonic_ns()  # the bridge's callback clock
 
     def process(self, drained: Events) -> None:  # noqa: PLR0912, PLR0915
         """Decode one drain: chunks for every complete piece of text, in order."""
@@ -185,6 +194,7 @@ class Decoder:
         ):
             if state >= _TERMINAL:
                 self.terminal_state = state
+                self._terminal_ns = stamp
                 continue
             b = batches[batch]
             if token < 0 or b.stopped:
@@ -284,7 +294,12 @@ class Decoder:
     def _reason(self, b: _Batch, failed: bool) -> FinishReason:
         if failed:
             return "error"
-        if self.abort_reason is not None:
+        late = (  # asked after the runtime's terminal callback: the run had ended by itself
+            self._requested_ns is not None
+            and self._terminal_ns is not None
+            and self._terminal_ns <= self._requested_ns
+        )
+        if self.abort_reason is not None and not late:
             return self.abort_reason
         if self._limit is not None and len(b.ids) >= self._limit:
             return "length"

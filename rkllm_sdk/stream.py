@@ -313,7 +313,7 @@ class TokenStream:
         channel, decoder = self._channel, self._decoder
         assert channel is not None and decoder is not None
         with anyio.CancelScope(shield=True):
-            decoder.abort_reason = decoder.abort_reason or "abort"
+            decoder.request_stop("abort")
             self._core.abort_native()
             channel.close()
             async with self._pump_lock:  # a pump waiting for events wakes (close signals)
@@ -369,7 +369,7 @@ class TokenStream:
         if self._state == "starting":  # queued or setting up: applied once the run starts
             self._abort_requested = True
         elif self._state == "running" and self._decoder is not None:
-            self._decoder.abort_reason = self._decoder.abort_reason or "abort"
+            self._decoder.request_stop("abort")
             self._core.abort_native()
 
     def pause(self) -> None:
@@ -380,7 +380,7 @@ class TokenStream:
         >>> s.pause()  # doctest: +SKIP
         """
         if self._channel is not None and self._decoder is not None and self._state == "running":
-            self._decoder.abort_reason = self._decoder.abort_reason or "pause"
+            self._decoder.request_stop("pause")
             self._channel.pause()
 
     # ---- iteration -------------------------------------------------------------------------
@@ -451,7 +451,7 @@ class TokenStream:
         self._state = "finished"
         self._release_channel()
         self._core.release()
-        incomplete = self._array_rows > 0 and decoder.abort_reason in ("abort", "pause")
+        incomplete = self._array_rows > 0 and results[0].finish_reason in ("abort", "pause")
         if failed:
             self._record(error="GenerationError")
             cause = self._worker_error or self._core.take_callback_error()

@@ -46,26 +46,41 @@ T = TypeVar("T")
 INTERRUPT_GRACE_S = 30.0
 
 
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C is held back while the background loop starts or stops, then raised.
+class _Interrupts:
+    """Ctrl-C noted instead of raised (see :func:`_interrupts_deferred`)."""
 
-    anyio's portal cannot be interrupted half-started or half-stopped: a KeyboardInterrupt
-    inside its start leaves its thread running and the start waiting for it for ever. Only
-    the main thread receives SIGINT, and only there can the handler be swapped.
+    def __init__(self) -> None:
+        self.received = False
+        self.on_interrupt: Callable[[], object] | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.received = True
+        if self.on_interrupt is not None:
+            self.on_interrupt()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[_Interrupts]:
+    """Ctrl-C is noted, not raised, inside the block (``on_interrupt`` is called at once),
+    and raised as KeyboardInterrupt when the block ends.
+
+    For loading and closing, which must not stop half-way: anyio's portal interrupted
+    half-started leaves its thread running and its start waiting for ever, and a handle
+    loaded just before a KeyboardInterrupt would be lost. Only the main thread receives
+    SIGINT, and only there can the handler be swapped; elsewhere the block runs as is.
     """
+    noted = _Interrupts()
     if threading.current_thread() is not threading.main_thread() or (
         signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
-        yield
+        yield noted
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGINT, noted.handler)
     try:
-        yield
+        yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received:
+    if noted.received:
         raise KeyboardInterrupt
 
 
@@ -96,10 +111,6 @@ def _blocking(
     except KeyboardInterrupt:
         future.cancel()  # cancels the task on the loop: streams abort and wait, shielded
         finished.wait(INTERRUPT_GRACE_S)
-        if future.done() and not future.cancelled() and future.exception() is None:
-            result = future.result()  # it finished first: a loaded handle must not leak
-            if isinstance(result, AsyncLLM):
-                portal.call(result.aclose)
         raise
 
 
@@ -326,27 +337,53 @@ class LLM:
         >>> llm = LLM.load("model.rkllm")  # doctest: +SKIP
         """
         cm = start_blocking_portal(backend)
-        with _interrupts_deferred():
-            portal = cm.__enter__()
+        # Ctrl-C meanwhile cancels the load (a handle its init made is destroyed), or
+        # closes what it loaded, and stops the loop; then KeyboardInterrupt is raised.
+        twin: LLM | None = None
         try:
-            # Ctrl-C while loading: the load is cancelled (a handle its init made is
-            # destroyed) and the loop stopped before KeyboardInterrupt propagates.
-            llm = _blocking(
-                portal,
-                lambda: False,
-                AsyncLLM.load,
-                model_path,
-                runtime=runtime,
-                abi=abi,
-                params=params,
-                tokenizer=tokenizer,
-                embedder=embedder,
-            )
-        except BaseException as exc:
-            with _interrupts_deferred():
-                cm.__exit__(type(exc), exc, exc.__traceback__)
+            with _interrupts_deferred() as interrupts:
+                portal = cm.__enter__()
+                finished = threading.Event()
+
+                loaded: list[AsyncLLM] = []  # a load can finish after its future is cancelled
+
+                async def load() -> AsyncLLM:
+                    try:
+                        llm = await AsyncLLM.load(
+                            model_path,
+                            runtime=runtime,
+                            abi=abi,
+                            params=params,
+                            tokenizer=tokenizer,
+                            embedder=embedder,
+                        )
+                        loaded.append(llm)
+                        return llm
+                    finally:
+                        finished.set()
+
+                future = portal.start_task_soon(load)
+                interrupts.on_interrupt = future.cancel
+                try:
+                    llm = future.result()
+                except BaseException as exc:  # a failed load, or one cancelled by Ctrl-C
+                    finished.wait(INTERRUPT_GRACE_S)
+                    for llm in loaded:
+                        portal.call(llm.aclose)
+                    cm.__exit__(type(exc), exc, exc.__traceback__)
+                    if interrupts.received:
+                        raise KeyboardInterrupt from None
+                    raise
+                if interrupts.received:  # after the load had finished
+                    portal.call(llm.aclose)
+                    cm.__exit__(None, None, None)
+                    raise KeyboardInterrupt
+                twin = cls(cm, portal, llm)
+        except KeyboardInterrupt:  # noted while the twin was being made: it is closed
+            if twin is not None:
+                twin.close()
             raise
-        return cls(cm, portal, llm)
+        return twin
 
     def __enter__(self) -> LLM:
         return self
@@ -366,12 +403,12 @@ class LLM:
         """
         if self._portal_cm is None:
             return
-        try:
-            # aclose() is never interrupted on the loop: after Ctrl-C it still finishes.
-            _blocking(self._portal, lambda: False, self._llm.aclose)
-        finally:
-            cm, self._portal_cm = self._portal_cm, None
-            with _interrupts_deferred():
+        # Ctrl-C waits until the handle is destroyed and the loop stopped, then is raised.
+        with _interrupts_deferred():
+            try:
+                self._portal.call(self._llm.aclose)
+            finally:
+                cm, self._portal_cm = self._portal_cm, None
                 cm.__exit__(None, None, None)
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

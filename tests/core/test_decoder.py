@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import anyio
@@ -37,7 +38,7 @@ def events(*items: tuple[int, int, bytes | None], batch: int = 0) -> Events:
         batches=[batch] * len(items),
         token_ids=[t for _, t, _ in items],
         texts=[x for _, _, x in items],
-        callback_ns=list(range(len(items))),
+        callback_ns=[time.monotonic_ns() + i for i in range(len(items))],  # the bridge's clock
         arrays={},
     )
 
@@ -140,7 +141,7 @@ def test_finish_reasons(setup: str, reason: str) -> None:
     """Each way a run ends gives its FinishReason on the last chunk and the Generation."""
     d = Decoder(1, limit=2 if setup == "limit" else None)
     if setup in ("abort", "pause"):
-        d.abort_reason = setup  # type: ignore[assignment]
+        d.request_stop(setup)  # type: ignore[arg-type]
     d.process(events((NORMAL, 1, b"a"), (NORMAL, 2, b"b"), (FINISH, -1, None)))
     (gen,) = finish(d)
     assert gen.finish_reason == reason
@@ -192,3 +193,19 @@ def test_long_text_is_folded_without_losing_pieces() -> None:
     d.process(events(*[(NORMAL, i, str(i % 10).encode()) for i in range(n)]))
     (gen,) = finish(d)
     assert gen.text == "".join(str(i % 10) for i in range(n)) and len(gen.token_ids) == n
+
+
+def test_an_abort_or_pause_asked_after_the_run_ended_does_not_change_its_reason() -> None:
+    """A stop asked for after the runtime's terminal callback (a late abort / pause) leaves
+    the run's own reason ("stop"): the runtime had finished by itself."""
+    d = Decoder(1)
+    d.process(events((NORMAL, 1, b"a"), (FINISH, -1, None)))
+    d.request_stop("pause")  # after the terminal callback
+    assert d.abort_reason == "pause"
+    (gen,) = finish(d)
+    assert gen.finish_reason == "stop"
+    early = Decoder(1)
+    early.request_stop("abort")
+    late_stamp = time.monotonic_ns() + 10**9
+    early.process(Events([NORMAL, FINISH], [0, 0], [1, -1], [b"a", None], [0, late_stamp], {}))
+    assert finish(early)[0].finish_reason == "abort"

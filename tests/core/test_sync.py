@@ -198,11 +198,14 @@ path = FakeModel().write(sys.argv[1])
 rng = random.Random(int(sys.argv[3]))
 for attempt in range(20):
     threading.Timer(rng.random() * 0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    llm = None
     try:
         while True:
-            rk.LLM.load(path, runtime="fake", abi=sys.argv[2]).close()
+            llm = rk.LLM.load(path, runtime="fake", abi=sys.argv[2])
+            llm.close()
     except KeyboardInterrupt:
-        pass
+        if llm is not None:  # interrupted after load() returned it: the caller closes it
+            llm.close()
 rt = load_runtime("fake", abi=sys.argv[2])
 print(len(rk.open_handles()), _native.fake_stats(rt)["live_handles"])
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import subprocess
@@ -15,7 +16,7 @@ import anyio.to_thread
 import pytest
 
 import rkllm_sdk as rk
-from rkllm_sdk import _native
+from rkllm_sdk import _handle, _native
 from rkllm_sdk._ffi.loader import load_runtime
 from rkllm_sdk.llm import open_handles
 
@@ -399,3 +400,22 @@ async def test_a_handle_used_from_another_event_loop_fails_at_once(load: LoadLLM
     assert isinstance(error, rk.EventLoopError)
     assert "another event loop" in str(error)
     assert (await llm.generate("x")).finish_reason == "stop"
+
+
+async def test_a_forgotten_handle_stays_listed_and_is_destroyed_at_exit(
+    abi: str, model: ModelFactory, no_leaks: None
+) -> None:
+    """An AsyncLLM dropped without aclose() keeps its runtime handle (the model's NPU
+    memory), so it stays in open_handles() by its model path until the exit-time cleanup
+    destroys it."""
+    rt = load_runtime("fake", abi=abi)
+    before = _native.fake_stats(rt)["live_handles"]
+    llm = await rk.AsyncLLM.load(model(), runtime="fake", abi=abi)
+    path = llm.model_path
+    del llm
+    gc.collect()
+    assert [(h.model_path, h.state) for h in open_handles()] == [(path, "idle")]
+    assert _native.fake_stats(rt)["live_handles"] == before + 1
+    _handle._close_all_at_exit()  # what atexit runs
+    assert open_handles() == []
+    assert _native.fake_stats(rt)["live_handles"] == before

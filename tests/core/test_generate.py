@@ -239,3 +239,11 @@ async def test_logits_and_hidden_states_of_a_batch_have_one_block_per_input(
     np.testing.assert_array_equal(hidden[1], await single.hidden_states(inputs[1]))
     with pytest.raises(rk.InvalidParamsError, match="different shapes"):
         await llm.hidden_states([rk.TokenInput(ids=[5]), rk.TokenInput(ids=[8, 9])])
+
+
+async def test_a_plain_string_is_one_stop_sequence(load: LoadLLM) -> None:
+    """stop="light on" (a string, as the OpenAI API takes it) ends the reply before
+    "light on", not at its first letter."""
+    llm = await load(script=[{"match": "x", "reply": REPLY}])
+    gen = await llm.generate("x", stop="light on")
+    assert gen.text == REPLY[: REPLY.index("light on")] and gen.finish_reason == "stop"

@@ -107,8 +107,9 @@ def _close_all_at_exit() -> None:
 _jobs: set[asyncio.Task[None]] = set()
 
 
-async def finish_even_if_cancelled(job: Callable[[], Awaitable[None]]) -> None:
-    """Run ``job`` to its end even if the caller is cancelled meanwhile, however.
+async def finish_even_if_cancelled(job: Callable[[], Awaitable[None]], done: anyio.Event) -> None:
+    """Run ``job`` to its end even if the caller is cancelled meanwhile, however; ``done``
+    is set when it has ended (later callers wait on it).
 
     anyio's shielded cancel scope covers anyio's own cancellation (and trio's), but not
     asyncio's native ``task.cancel()`` (``asyncio.wait_for`` with a short timeout, a
@@ -118,17 +119,21 @@ async def finish_even_if_cancelled(job: Callable[[], Awaitable[None]]) -> None:
     for it in a shielded scope (anyio's cancellation waits, as on trio); a native
     cancellation lets the caller leave early, and the job finishes anyway.
     """
+
+    async def run() -> None:
+        try:
+            await job()
+        finally:
+            done.set()
+
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # trio: its cancellation is anyio's, which the shield holds off
         loop = None
     if loop is None:
         with anyio.CancelScope(shield=True):
-            await job()
+            await run()
         return
-
-    async def run() -> None:
-        await job()
 
     task = loop.create_task(run())
     _jobs.add(task)
@@ -390,15 +395,7 @@ class HandleCore:
         if self._closed is None:
             self._closing = True
             self._closed = anyio.Event()
-            closed = self._closed
-
-            async def close() -> None:
-                try:
-                    await self._close()
-                finally:
-                    closed.set()
-
-            await finish_even_if_cancelled(close)
+            await finish_even_if_cancelled(self._close, self._closed)
         else:
             with anyio.CancelScope(shield=True):
                 await self._closed.wait()

@@ -298,16 +298,9 @@ class TokenStream:
         if self._state in ("finished", "closed"):
             return
         self._state = "closing"
-        self._closed = closed = anyio.Event()
-
-        async def close() -> None:
-            try:
-                await self._close_running()
-            finally:
-                closed.set()
-
+        self._closed = anyio.Event()
         # Finishes even if this call is cancelled: the handle is free afterwards, whatever.
-        await finish_even_if_cancelled(close)
+        await finish_even_if_cancelled(self._close_running, self._closed)
 
     async def _close_running(self) -> None:
         channel, decoder = self._channel, self._decoder

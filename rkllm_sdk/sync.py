@@ -14,18 +14,16 @@ running, such as a Jupyter kernel, without ``nest_asyncio``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
-import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 
+from ._portal import blocking, interrupts_deferred, open_on_new_loop
 from .arrays import FloatArray
 from .chat import ChatReply, ChatSession
 from .errors import ClosedError
@@ -40,78 +38,6 @@ from .tools import ToolLike
 __all__ = ["LLM", "SyncChatSession", "SyncTokenStream"]
 
 T = TypeVar("T")
-
-#: After Ctrl-C, how long a blocking call waits for its run to be aborted and the runtime to
-#: let go before KeyboardInterrupt propagates (a second Ctrl-C leaves at once).
-INTERRUPT_GRACE_S = 30.0
-
-
-class _Interrupts:
-    """Ctrl-C noted instead of raised (see :func:`_interrupts_deferred`)."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self.on_interrupt: Callable[[], object] | None = None
-
-    def handler(self, signum: int, frame: object) -> None:
-        self.received = True
-        if self.on_interrupt is not None:
-            self.on_interrupt()
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[_Interrupts]:
-    """Ctrl-C is noted, not raised, inside the block (``on_interrupt`` is called at once),
-    and raised as KeyboardInterrupt when the block ends.
-
-    For loading and closing, which must not stop half-way: anyio's portal interrupted
-    half-started leaves its thread running and its start waiting for ever, and a handle
-    loaded just before a KeyboardInterrupt would be lost. Only the main thread receives
-    SIGINT, and only there can the handler be swapped; elsewhere the block runs as is.
-    """
-    noted = _Interrupts()
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield noted
-        return
-    previous = signal.signal(signal.SIGINT, noted.handler)
-    try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if noted.received:
-        raise KeyboardInterrupt
-
-
-def _blocking(
-    portal: BlockingPortal,
-    closed: Callable[[], bool],
-    fn: Callable[..., Awaitable[T]],
-    *args: Any,
-    **kwargs: Any,
-) -> T:
-    """``portal.call`` for the twin's async calls, with Ctrl-C handled as the async side
-    handles cancellation: KeyboardInterrupt cancels the call on the loop (its run is
-    aborted on the NPU) and propagates once that is done, so the next call does not wait
-    for an abandoned run. A closed twin raises :class:`ClosedError`."""
-    if closed():
-        raise ClosedError("the model handle is closed")
-    finished = threading.Event()
-
-    async def call() -> T:
-        try:
-            return await fn(*args, **kwargs)
-        finally:
-            finished.set()
-
-    future = portal.start_task_soon(call)
-    try:
-        return future.result()
-    except KeyboardInterrupt:
-        future.cancel()  # cancels the task on the loop: streams abort and wait, shielded
-        finished.wait(INTERRUPT_GRACE_S)
-        raise
 
 
 class SyncTokenStream:
@@ -285,7 +211,7 @@ class SyncChatSession:
 
         >>> chat.send("Turn on the kitchen light").tool_calls  # doctest: +SKIP
         """
-        return _blocking(self._portal, self._closed, self.session.send, text, **options)
+        return blocking(self._portal, self._closed, self.session.send, text, **options)
 
     def send_tool_results(
         self, results: Mapping[str, Any] | Sequence[Any], **options: Unpack[TurnOptions]
@@ -294,7 +220,7 @@ class SyncChatSession:
 
         >>> chat.send_tool_results([21.5]).text  # doctest: +SKIP
         """
-        return _blocking(
+        return blocking(
             self._portal, self._closed, self.session.send_tool_results, results, **options
         )
 
@@ -303,7 +229,7 @@ class SyncChatSession:
 
         >>> chat.reset()  # doctest: +SKIP
         """
-        _blocking(self._portal, self._closed, self.session.reset)
+        blocking(self._portal, self._closed, self.session.reset)
 
 
 class LLM:
@@ -336,48 +262,19 @@ class LLM:
 
         >>> llm = LLM.load("model.rkllm")  # doctest: +SKIP
         """
-        cm = start_blocking_portal(backend)
-        # Ctrl-C meanwhile cancels the load (a handle its init made is destroyed), or
-        # closes what it loaded, and stops the loop; then KeyboardInterrupt is raised.
+        load = functools.partial(
+            AsyncLLM.load,
+            model_path,
+            runtime=runtime,
+            abi=abi,
+            params=params,
+            tokenizer=tokenizer,
+            embedder=embedder,
+        )
+        cm, portal, llm = open_on_new_loop(backend, load, AsyncLLM.aclose)
         twin: LLM | None = None
         try:
-            with _interrupts_deferred() as interrupts:
-                portal = cm.__enter__()
-                finished = threading.Event()
-
-                loaded: list[AsyncLLM] = []  # a load can finish after its future is cancelled
-
-                async def load() -> AsyncLLM:
-                    try:
-                        llm = await AsyncLLM.load(
-                            model_path,
-                            runtime=runtime,
-                            abi=abi,
-                            params=params,
-                            tokenizer=tokenizer,
-                            embedder=embedder,
-                        )
-                        loaded.append(llm)
-                        return llm
-                    finally:
-                        finished.set()
-
-                future = portal.start_task_soon(load)
-                interrupts.on_interrupt = future.cancel
-                try:
-                    llm = future.result()
-                except BaseException as exc:  # a failed load, or one cancelled by Ctrl-C
-                    finished.wait(INTERRUPT_GRACE_S)
-                    for llm in loaded:
-                        portal.call(llm.aclose)
-                    cm.__exit__(type(exc), exc, exc.__traceback__)
-                    if interrupts.received:
-                        raise KeyboardInterrupt from None
-                    raise
-                if interrupts.received:  # after the load had finished
-                    portal.call(llm.aclose)
-                    cm.__exit__(None, None, None)
-                    raise KeyboardInterrupt
+            with interrupts_deferred():
                 twin = cls(cm, portal, llm)
         except KeyboardInterrupt:  # noted while the twin was being made: it is closed
             if twin is not None:
@@ -404,7 +301,7 @@ class LLM:
         if self._portal_cm is None:
             return
         # Ctrl-C waits until the handle is destroyed and the loop stopped, then is raised.
-        with _interrupts_deferred():
+        with interrupts_deferred():
             try:
                 self._portal.call(self._llm.aclose)
             finally:
@@ -412,7 +309,7 @@ class LLM:
                 cm.__exit__(None, None, None)
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        return _blocking(self._portal, lambda: self._portal_cm is None, fn, *args, **kwargs)
+        return blocking(self._portal, lambda: self._portal_cm is None, fn, *args, **kwargs)
 
     # The same surface as AsyncLLM, blocking.
 

@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from . import _native as native
 from ._ffi.loader import load_runtime
-from ._handle import HandleCore, HandleInfo, open_handles
+from ._handle import HandleCore, HandleInfo, finish_even_if_cancelled, open_handles
 from .arrays import FloatArray, IntArray
 from .chat import ChatSession
 from .errors import InvalidParamsError
@@ -96,16 +96,29 @@ class AsyncLLM:
             tokenizer=tokenizer,
             embedder=embedder,
         )
-        # A real init takes seconds: a cancellation meanwhile must not lose the handle.
-        with anyio.CancelScope(shield=True):
+        # A real init takes seconds: a cancellation meanwhile must not lose the handle. The
+        # init runs to its end whatever cancels this call; a handle nobody waits for any
+        # more is destroyed.
+        made: list[native.NativeHandle] = []
+        abandoned = False
+
+        async def init_job() -> None:
             handle = await anyio.to_thread.run_sync(init)
+            if abandoned:
+                await anyio.to_thread.run_sync(native.destroy, handle)
+            else:
+                made.append(handle)
+
         try:
+            await finish_even_if_cancelled(init_job, anyio.Event())
             await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException:
+            abandoned = True
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(native.destroy, handle)
+                for handle in made:
+                    await anyio.to_thread.run_sync(native.destroy, handle)
             raise
-        return cls(HandleCore(handle, path))
+        return cls(HandleCore(made[0], path))
 
     async def __aenter__(self) -> AsyncLLM:
         return self

@@ -419,3 +419,27 @@ async def test_a_forgotten_handle_stays_listed_and_is_destroyed_at_exit(
     _handle._close_all_at_exit()  # what atexit runs
     assert open_handles() == []
     assert _native.fake_stats(rt)["live_handles"] == before
+
+
+async def test_cancelled_loads_leave_no_handle(
+    abi: str, model: ModelFactory, no_leaks: None, anyio_backend: str
+) -> None:
+    """AsyncLLM.load() cancelled at random moments (0-3 ms: finding the runtime, in
+    rkllm_init, after it), 100 times: whatever the init made is destroyed; a load that
+    finished is closed by its caller."""
+    rng = random.Random(13)
+    path = model()
+    loaded: list[rk.AsyncLLM] = []
+
+    async def load() -> None:
+        loaded.append(await rk.AsyncLLM.load(path, runtime="fake", abi=abi))
+
+    for _ in range(100):
+        await _cancel_soon(anyio_backend, load, rng.random() * 0.003)
+    for llm in loaded:
+        await llm.aclose()
+    rt = load_runtime("fake", abi=abi)
+    with anyio.fail_after(10):  # an init abandoned mid-way is destroyed when it returns
+        while _native.fake_stats(rt)["live_handles"]:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+    assert open_handles() == []

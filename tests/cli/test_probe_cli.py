@@ -91,7 +91,8 @@ def test_probe_usage_errors(tmp_path: Path) -> None:
 
 HANGING = """
 import sys, threading
-from rkllm_sdk import _native, _probe
+from rkllm_sdk import _native
+from rkllm_sdk._probe import guard
 from rkllm_sdk.cli import main
 real = _native.destroy
 def stuck(h):
@@ -99,7 +100,7 @@ def stuck(h):
         threading.Event().wait()
     real(h)
 _native.destroy = stuck
-_probe.GRACE_S = 0.3
+guard.GRACE_S = 0.3
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -12,6 +12,7 @@ import pytest
 from rkllm_sdk import _native as native
 from rkllm_sdk import _probe
 from rkllm_sdk._ffi.loader import load_runtime
+from rkllm_sdk._probe import guard
 from rkllm_sdk.testing import FakeModel
 
 KEYS = [
@@ -124,7 +125,7 @@ def test_a_hung_destroy_is_reported_not_waited_for(
         real_destroy(h)
 
     monkeypatch.setattr(native, "destroy", stuck)
-    monkeypatch.setattr(_probe, "GRACE_S", 0.3)
+    monkeypatch.setattr(guard, "GRACE_S", 0.3)
     try:
         report = _probe.run_probe(probe_model(tmp_path), runtime="fake", abi="1.3")
     finally:

@@ -13,15 +13,14 @@ when they reach a runtime of the other ABI, never dropped.
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import attrs
 import numpy as np
 
+from . import _validators as v
 from . import arrays
 from .arrays import FloatArray, IntArray
 from .errors import InvalidParamsError
@@ -79,157 +78,6 @@ class InferMode(IntEnum):
     GET_LOGITS = 2
 
 
-# ---- validators ---------------------------------------------------------------------------
-# Typed with Any on purpose: attrs' validator protocol is generic in the field's type
-# (Attribute[T] is invariant), so one helper serving int, float and bool fields cannot be
-# typed precisely; each helper checks its value's type at run time instead.
-
-
-_INT_RANGES = {
-    "int32": (-(2**31), 2**31 - 1),
-    "uint8": (0, 2**8 - 1),
-    "size_t": (0, 2**64 - 1),  # LP64, the only data model the runtime ships for
-}
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _fail(inst: object, attr: attrs.Attribute[Any], what: str, value: object) -> None:
-    raise InvalidParamsError(f"{type(inst).__name__}.{attr.name} must be {what}, got {value!r}")
-
-
-def _scalar(value: Any) -> Any:
-    """numpy scalars as Python ones (``np.int64(3)`` -> 3, ``np.float32`` -> float,
-    ``np.bool_`` -> bool); everything else unchanged, for the validator to judge."""
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
-def _opt(check: Any, what: str) -> Any:
-    """A validator for an optional C ``float``: None passes, otherwise it must be an int or
-    float within float32's range and check(value) must hold."""
-
-    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(inst, attr, what, value)
-        # Before check(): an int beyond float's range cannot even be converted.
-        if not (isinstance(value, float) and math.isnan(value)) and abs(value) > _FLOAT32_MAX:
-            _fail(inst, attr, f"{what}, within float32 (magnitude <= {_FLOAT32_MAX:.7g})", value)
-        if not check(value):
-            _fail(inst, attr, what, value)
-
-    return validate
-
-
-def _opt_int(check: Any, what: str, ctype: str = "int32") -> Any:
-    """A validator for an optional C integer of type ``ctype``: None passes, otherwise an int
-    (never a bool) within the C type's range for which check(value) holds."""
-    lo, hi = _INT_RANGES[ctype]
-
-    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or not check(value):
-            _fail(inst, attr, what, value)
-        if not lo <= value <= hi:
-            _fail(inst, attr, f"{what} and within {ctype} ({lo}..{hi})", value)
-
-    return validate
-
-
-def _opt_bool(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not isinstance(value, bool):
-        _fail(inst, attr, "a bool", value)
-
-
-def _text(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str):
-        _fail(inst, attr, "a str", value)
-
-
-def _opt_text(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        _text(inst, attr, value)
-
-
-def _role(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        _fail(inst, attr, 'a non-empty role such as "user" or "tool"', value)
-
-
-def _path(value: Any) -> str:
-    """A str or ``os.PathLike`` as a str (anything else: InvalidParamsError)."""
-    try:
-        text = os.fspath(value)
-    except TypeError:
-        raise InvalidParamsError(
-            f"a path must be a str or os.PathLike, got {type(value).__name__}: {value!r}"
-        ) from None
-    if not isinstance(text, str):
-        raise InvalidParamsError(f"a path must be text, got {type(text).__name__}: {text!r}")
-    return text
-
-
-def _instance_of(cls: type, hint: str) -> Any:
-    def validate(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and not isinstance(value, cls):
-            _fail(inst, attr, f"None or a {cls.__name__} ({hint})", value)
-
-    return validate
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
-def _cpus(value: Iterable[int] | int | None) -> frozenset[int] | None:
-    """CPU cores as a set of numbers 0..7, from a set / list or a bit mask."""
-    if value is None:
-        return None
-    value = _scalar(value)
-    if isinstance(value, bool):
-        raise InvalidParamsError(f"enabled_cpus must be core numbers or a mask, got {value!r}")
-    if isinstance(value, int):
-        if not 0 < value <= 0xFF:
-            raise InvalidParamsError(f"enabled_cpus mask must be in 0x01..0xFF, got {value:#x}")
-        return frozenset(k for k in range(8) if value >> k & 1)
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise InvalidParamsError(f"enabled_cpus must be core numbers or a mask, got {value!r}")
-    cores = frozenset(
-        c if isinstance(c, np.bool_) else _scalar(c)  # np.bool_ stays refused below
-        for c in value
-    )
-    if not cores or not all(
-        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 7 for c in cores
-    ):
-        raise InvalidParamsError(
-            f"enabled_cpus must be core numbers 0..7, got {sorted(cores, key=str)}"
-        )
-    return cores
-
-
-# Validation rules shared by ModelParams, Sampling and the other models (defined once).
-_NON_NEGATIVE_INT = _opt_int(lambda x: x >= 0, ">= 0")
-_NON_NEGATIVE_SIZE = _opt_int(lambda x: x >= 0, ">= 0", "size_t")
-_TOP_P = _opt(lambda x: 0 < x <= 1, "in (0, 1]")
-_NON_NEGATIVE = _opt(lambda x: 0 <= x < math.inf, ">= 0")
-_POSITIVE = _opt(lambda x: 0 < x < math.inf, "> 0")
-_FINITE = _opt(_finite, "finite")
-_MIROSTAT = _opt_int(lambda x: x in (0, 1, 2), "0, 1 or 2")
-
-
-def _array_repr(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"<{value.dtype} array {value.shape}>"
-    return repr(value)
-
-
 # ---- init parameters ----------------------------------------------------------------------
 
 
@@ -242,14 +90,16 @@ class ExtendParams:
     """
 
     base_domain_id: int | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE_INT
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE_INT
     )
-    embed_flash: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
-    enabled_cpus: frozenset[int] | None = attrs.field(default=None, converter=_cpus)
+    embed_flash: bool | None = attrs.field(default=None, converter=v.scalar, validator=v.opt_bool)
+    enabled_cpus: frozenset[int] | None = attrs.field(default=None, converter=v.cpus)
     n_batch: int | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_int(lambda x: 1 <= x <= 8, "in 1..8")
+        default=None, converter=v.scalar, validator=v.opt_int(lambda x: 1 <= x <= 8, "in 1..8")
     )
-    use_cross_attn: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
+    use_cross_attn: bool | None = attrs.field(
+        default=None, converter=v.scalar, validator=v.opt_bool
+    )
 
     @property
     def enabled_cpus_mask(self) -> int | None:
@@ -268,43 +118,47 @@ class ModelParams:
     """
 
     max_context_len: int | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_int(lambda x: x > 0, "> 0")
+        default=None, converter=v.scalar, validator=v.opt_int(lambda x: x > 0, "> 0")
     )
     max_new_tokens: int | None = attrs.field(
         default=None,
-        converter=_scalar,
-        validator=_opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)"),
+        converter=v.scalar,
+        validator=v.opt_int(lambda x: x > 0 or x == -1, "> 0 (or -1: no limit)"),
     )
-    top_k: int | None = attrs.field(default=None, converter=_scalar, validator=_NON_NEGATIVE_INT)
+    top_k: int | None = attrs.field(default=None, converter=v.scalar, validator=v.NON_NEGATIVE_INT)
     n_keep: int | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_int(lambda x: x >= -1, ">= -1")
+        default=None, converter=v.scalar, validator=v.opt_int(lambda x: x >= -1, ">= -1")
     )
-    top_p: float | None = attrs.field(default=None, converter=_scalar, validator=_TOP_P)
+    top_p: float | None = attrs.field(default=None, converter=v.scalar, validator=v.TOP_P)
     temperature: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
-    repeat_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_POSITIVE)
+    repeat_penalty: float | None = attrs.field(
+        default=None, converter=v.scalar, validator=v.POSITIVE
+    )
     frequency_penalty: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_FINITE
+        default=None, converter=v.scalar, validator=v.FINITE
     )
-    presence_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_FINITE)
-    mirostat: int | None = attrs.field(default=None, converter=_scalar, validator=_MIROSTAT)
+    presence_penalty: float | None = attrs.field(
+        default=None, converter=v.scalar, validator=v.FINITE
+    )
+    mirostat: int | None = attrs.field(default=None, converter=v.scalar, validator=v.MIROSTAT)
     mirostat_tau: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
     mirostat_eta: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
     skip_special_token: bool | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_bool
+        default=None, converter=v.scalar, validator=v.opt_bool
     )
-    is_async: bool | None = attrs.field(default=None, converter=_scalar, validator=_opt_bool)
+    is_async: bool | None = attrs.field(default=None, converter=v.scalar, validator=v.opt_bool)
     ignore_eos_token: bool | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_bool
+        default=None, converter=v.scalar, validator=v.opt_bool
     )  # 1.3 only
-    img_start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
-    img_end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
-    img_content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.2 only
+    img_start: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.2 only
+    img_end: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.2 only
+    img_content: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.2 only
     extend: ExtendParams = attrs.field(factory=ExtendParams)
 
 
@@ -312,9 +166,9 @@ class ModelParams:
 class LoraAdapter:
     """``RKLLMLoraAdapter``: a LoRA file, the name runs select it by, and its scale."""
 
-    path: str = attrs.field(converter=_path)
-    name: str = attrs.field(validator=_role)
-    scale: float = attrs.field(default=1.0, converter=_scalar, validator=_FINITE)
+    path: str = attrs.field(converter=v.path)
+    name: str = attrs.field(validator=v.role)
+    scale: float = attrs.field(default=1.0, converter=v.scalar, validator=v.FINITE)
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -324,27 +178,27 @@ class LoraAdapter:
 class Prompt:
     """A text prompt (``RKLLM_INPUT_PROMPT``)."""
 
-    text: str = attrs.field(validator=_text)
-    role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
+    text: str = attrs.field(validator=v.text)
+    role: str = attrs.field(default="user", validator=v.role)
+    enable_thinking: bool = attrs.field(default=False, converter=v.scalar, validator=v.opt_bool)
 
 
 @attrs.frozen(kw_only=True)
 class TokenInput:
     """Token ids (``RKLLM_INPUT_TOKEN``), held as a 1-D ``int32`` array."""
 
-    ids: IntArray = attrs.field(converter=arrays.token_ids, eq=False, repr=_array_repr)
-    role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
+    ids: IntArray = attrs.field(converter=arrays.token_ids, eq=False, repr=v.array_repr)
+    role: str = attrs.field(default="user", validator=v.role)
+    enable_thinking: bool = attrs.field(default=False, converter=v.scalar, validator=v.opt_bool)
 
 
 @attrs.frozen(kw_only=True)
 class EmbedInput:
     """Token embeddings ``[n_tokens, hidden]`` (``RKLLM_INPUT_EMBED``)."""
 
-    embeddings: FloatArray = attrs.field(converter=arrays.embeddings, eq=False, repr=_array_repr)
-    role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
+    embeddings: FloatArray = attrs.field(converter=arrays.embeddings, eq=False, repr=v.array_repr)
+    role: str = attrs.field(default="user", validator=v.role)
+    enable_thinking: bool = attrs.field(default=False, converter=v.scalar, validator=v.opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -356,13 +210,13 @@ class ImageInput:
     """
 
     embeddings: FloatArray = attrs.field(
-        converter=arrays.image_embeddings, eq=False, repr=_array_repr
+        converter=arrays.image_embeddings, eq=False, repr=v.array_repr
     )
-    width: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
-    height: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
-    start: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
-    end: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
-    content: str | None = attrs.field(default=None, validator=_opt_text)  # 1.3 only
+    width: int = attrs.field(default=0, converter=v.scalar, validator=v.NON_NEGATIVE_SIZE)
+    height: int = attrs.field(default=0, converter=v.scalar, validator=v.NON_NEGATIVE_SIZE)
+    start: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.3 only
+    end: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.3 only
+    content: str | None = attrs.field(default=None, validator=v.opt_text)  # 1.3 only
 
 
 @attrs.frozen(kw_only=True)
@@ -370,13 +224,13 @@ class VideoInput:
     """Video embeddings ``[n_video, n_frames, n_frame_tokens, hidden]`` (runtime 1.3 only)."""
 
     embeddings: FloatArray = attrs.field(
-        converter=arrays.video_embeddings, eq=False, repr=_array_repr
+        converter=arrays.video_embeddings, eq=False, repr=v.array_repr
     )
-    frame_width: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
-    frame_height: int = attrs.field(default=0, converter=_scalar, validator=_NON_NEGATIVE_SIZE)
-    start: str | None = attrs.field(default=None, validator=_opt_text)
-    end: str | None = attrs.field(default=None, validator=_opt_text)
-    content: str | None = attrs.field(default=None, validator=_opt_text)
+    frame_width: int = attrs.field(default=0, converter=v.scalar, validator=v.NON_NEGATIVE_SIZE)
+    frame_height: int = attrs.field(default=0, converter=v.scalar, validator=v.NON_NEGATIVE_SIZE)
+    start: str | None = attrs.field(default=None, validator=v.opt_text)
+    end: str | None = attrs.field(default=None, validator=v.opt_text)
+    content: str | None = attrs.field(default=None, validator=v.opt_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -386,11 +240,11 @@ class MultimodalInput:
     Put ``<image>`` (``<video>``) in the text where the embeddings belong.
     """
 
-    prompt: str = attrs.field(validator=_text)
+    prompt: str = attrs.field(validator=v.text)
     image: ImageInput | None = None
     video: VideoInput | None = None
-    role: str = attrs.field(default="user", validator=_role)
-    enable_thinking: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
+    role: str = attrs.field(default="user", validator=v.role)
+    enable_thinking: bool = attrs.field(default=False, converter=v.scalar, validator=v.opt_bool)
 
 
 Input: TypeAlias = Prompt | TokenInput | EmbedInput | MultimodalInput
@@ -466,22 +320,26 @@ def as_inputs(prompt: PromptLike, role: str, thinking: bool) -> Input | Sequence
 class Sampling:
     """``RKLLMSamplingParam``: per-run sampling (runtime 1.3 only). ``None`` keeps the handle's."""
 
-    top_k: int | None = attrs.field(default=None, converter=_scalar, validator=_NON_NEGATIVE_INT)
-    top_p: float | None = attrs.field(default=None, converter=_scalar, validator=_TOP_P)
+    top_k: int | None = attrs.field(default=None, converter=v.scalar, validator=v.NON_NEGATIVE_INT)
+    top_p: float | None = attrs.field(default=None, converter=v.scalar, validator=v.TOP_P)
     temperature: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
-    repeat_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_POSITIVE)
+    repeat_penalty: float | None = attrs.field(
+        default=None, converter=v.scalar, validator=v.POSITIVE
+    )
     frequency_penalty: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_FINITE
+        default=None, converter=v.scalar, validator=v.FINITE
     )
-    presence_penalty: float | None = attrs.field(default=None, converter=_scalar, validator=_FINITE)
-    mirostat: int | None = attrs.field(default=None, converter=_scalar, validator=_MIROSTAT)
+    presence_penalty: float | None = attrs.field(
+        default=None, converter=v.scalar, validator=v.FINITE
+    )
+    mirostat: int | None = attrs.field(default=None, converter=v.scalar, validator=v.MIROSTAT)
     mirostat_tau: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
     mirostat_eta: float | None = attrs.field(
-        default=None, converter=_scalar, validator=_NON_NEGATIVE
+        default=None, converter=v.scalar, validator=v.NON_NEGATIVE
     )
 
 
@@ -489,8 +347,8 @@ class Sampling:
 class PromptCache:
     """``RKLLMPromptCacheParam``: save this run's prefill to ``path``."""
 
-    path: str = attrs.field(converter=_path)
-    save: bool = attrs.field(default=True, converter=_scalar, validator=_opt_bool)
+    path: str = attrs.field(converter=v.path)
+    save: bool = attrs.field(default=True, converter=v.scalar, validator=v.opt_bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -501,17 +359,17 @@ class InferOptions:
     """
 
     mode: InferMode = attrs.field(default=InferMode.GENERATE, converter=InferMode)
-    lora: str | None = attrs.field(default=None, validator=_opt_text)
+    lora: str | None = attrs.field(default=None, validator=v.opt_text)
     prompt_cache: PromptCache | None = attrs.field(
-        default=None, validator=_instance_of(PromptCache, "rk.PromptCache(path=...)")
+        default=None, validator=v.instance_of(PromptCache, "rk.PromptCache(path=...)")
     )
     # A dict is refused, not converted: one spelling (typed, checked) for every entry point.
     sampling: Sampling | None = attrs.field(
-        default=None, validator=_instance_of(Sampling, "build it with rk.Sampling(**values)")
+        default=None, validator=v.instance_of(Sampling, "build it with rk.Sampling(**values)")
     )  # 1.3 only
-    keep_history: bool = attrs.field(default=False, converter=_scalar, validator=_opt_bool)
+    keep_history: bool = attrs.field(default=False, converter=v.scalar, validator=v.opt_bool)
     max_new_tokens: int | None = attrs.field(
-        default=None, converter=_scalar, validator=_opt_int(lambda x: x > 0, "> 0")
+        default=None, converter=v.scalar, validator=v.opt_int(lambda x: x > 0, "> 0")
     )  # 1.3
 
 
@@ -524,10 +382,10 @@ class CrossAttention:
     (float32), ``positions [num_tokens]`` (int32).
     """
 
-    k_cache: FloatArray = attrs.field(eq=False, repr=_array_repr)
-    v_cache: FloatArray = attrs.field(eq=False, repr=_array_repr)
-    mask: FloatArray = attrs.field(eq=False, repr=_array_repr)
-    positions: IntArray = attrs.field(eq=False, repr=_array_repr)
+    k_cache: FloatArray = attrs.field(eq=False, repr=v.array_repr)
+    v_cache: FloatArray = attrs.field(eq=False, repr=v.array_repr)
+    mask: FloatArray = attrs.field(eq=False, repr=v.array_repr)
+    positions: IntArray = attrs.field(eq=False, repr=v.array_repr)
 
     def __attrs_post_init__(self) -> None:
         checked = arrays.cross_attention(self.k_cache, self.v_cache, self.mask, self.positions)
@@ -554,6 +412,6 @@ class Result:
 
     text: bytes | None
     token_id: int
-    logits: FloatArray | None = attrs.field(default=None, eq=False, repr=_array_repr)
-    hidden_states: FloatArray | None = attrs.field(default=None, eq=False, repr=_array_repr)
+    logits: FloatArray | None = attrs.field(default=None, eq=False, repr=v.array_repr)
+    hidden_states: FloatArray | None = attrs.field(default=None, eq=False, repr=v.array_repr)
     perf: PerfStats | None = None

@@ -1,0 +1,26 @@
+"""``rkllm serve``: the RKLLM runtime's functions as a JSON-RPC 2.0 proxy.
+
+Built on the SDK's public API only (never cffi). Nothing imports this package when
+``rkllm_sdk`` is imported.
+
+Modules, one idea each:
+
+- ``schema``: JSON Schema builders and the validator reading them (paths of bad fields).
+- ``wire``: arrays as nested lists or typed base64; results as JSON.
+- ``params``: the C structs (``RKLLMParam``, ``RKLLMInput``, ...) as schemas, to models.
+- ``registry``: one entry per method: schemas, handler, the OpenRPC document.
+- ``functions``: the runtime's functions; ``service``: the proxy's own methods.
+- ``jsonrpc``: JSON-RPC 2.0 and the dispatcher (:class:`Server`), no sockets.
+- ``outbox``: a connection's bounded outgoing queue, coalescing a slow client's results.
+- ``connection``: one client, whatever carries it; cleanup when it leaves.
+- ``sessions``: handle ownership, limits, path confinement (:class:`ServerConfig`).
+- ``transports``: stdio, TCP and Unix sockets (newline-delimited JSON, anyio).
+"""
+
+from __future__ import annotations
+
+from .connection import Connection as Connection
+from .jsonrpc import Server as Server
+from .sessions import ServerConfig as ServerConfig
+
+__all__ = ["Connection", "Server", "ServerConfig"]

@@ -1,0 +1,382 @@
+"""The runtime's functions as JSON-RPC methods, each served through the SDK's public API.
+
+``rkllm_run_async`` is not served yet: ``rkllm_run`` already streams while other requests
+(``rkllm_abort``, ``rkllm_is_running``) are served on the same connection.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import anyio.to_thread
+
+from .. import _native
+from ..llm import AsyncLLM
+from ..lowlevel import load_runtime
+from ..models import InferMode, Input, LoraAdapter
+from ..options import RunOptions
+from .params import (
+    CROSS_ATTN,
+    HANDLE,
+    INFER_PARAM,
+    INPUT,
+    LORA_ADAPTER,
+    RKLLM_PARAM,
+    cross_model,
+    input_models,
+    param_json,
+    param_model,
+    sampling_model,
+)
+from .registry import REGISTRY, Call
+from .schema import boolean, integer, nullable, obj, string
+from .sessions import Entry, confine
+from .wire import ParamsError, encode_array, perf_json
+
+__all__: list[str] = []
+
+_HANDLE_ONLY = obj({"handle": HANDLE}, "handle")
+_EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _entry(call: Call, params: dict[str, Any]) -> Entry:
+    return call.connection.sessions.get(call.connection, params["handle"])
+
+
+@REGISTRY.method(
+    "rkllm_createDefaultParam",
+    "The runtime's default RKLLMParam (model_path null).",
+    params=obj({}),
+    result=obj({"param": RKLLM_PARAM}),
+)
+async def create_default_param(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    config = call.connection.sessions.config
+    rt = await anyio.to_thread.run_sync(
+        functools.partial(load_runtime, config.runtime, abi=config.abi)
+    )
+    return {"param": param_json(_native.default_params(rt))}
+
+
+@REGISTRY.method(
+    "rkllm_init",
+    "Load a model (param.model_path inside --models-dir); returns an opaque handle owned "
+    "by this connection.",
+    params=obj({"param": RKLLM_PARAM}, "param"),
+    result=obj({"handle": HANDLE, "abi": string(), "is_fake": boolean()}),
+)
+async def rkllm_init(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    sessions = call.connection.sessions
+    param = params["param"]
+    if "model_path" not in param:
+        raise ParamsError("param.model_path", "required field missing")
+    path = confine(param["model_path"], sessions.config.models_dir, "param.model_path")
+    model_params = param_model(param, "param")
+    sessions.check_room(call.connection)
+    llm = await AsyncLLM.load(
+        path, runtime=sessions.config.runtime, abi=sessions.config.abi, params=model_params
+    )
+    handle = sessions.add(call.connection, llm)
+    return {"handle": handle, "abi": llm.runtime.abi, "is_fake": llm.runtime.is_fake}
+
+
+@REGISTRY.method(
+    "rkllm_destroy", "Abort what runs, destroy the handle.", params=_HANDLE_ONLY, result=_EMPTY
+)
+async def rkllm_destroy(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    await call.connection.sessions.destroy(_entry(call, params))
+    return {}
+
+
+def _run_options(infer: dict[str, Any], cache_dir: Any) -> RunOptions:
+    options: RunOptions = {"keep_history": infer.get("keep_history", False)}
+    if infer.get("lora_params"):
+        options["lora"] = infer["lora_params"]["lora_adapter_name"]
+    cache = infer.get("prompt_cache_params")
+    if cache and cache.get("save_prompt_cache", True):
+        options["prompt_cache"] = confine(
+            cache["prompt_cache_path"],
+            cache_dir,
+            "rkllm_infer_params.prompt_cache_params.prompt_cache_path",
+        )
+    if infer.get("sampling_params"):
+        options["sampling"] = sampling_model(
+            infer["sampling_params"], "rkllm_infer_params.sampling_params"
+        )
+    if infer.get("max_new_tokens"):
+        options["max_new_tokens"] = infer["max_new_tokens"]
+    return options
+
+
+def _array_bytes(inputs: list[Input]) -> int:
+    total = 0
+    for item in inputs:
+        for name in ("ids", "embeddings"):
+            arr = getattr(item, name, None)
+            total += arr.nbytes if arr is not None else 0
+        for part in (getattr(item, "image", None), getattr(item, "video", None)):
+            total += part.embeddings.nbytes if part is not None else 0
+    return total
+
+
+@REGISTRY.method(
+    "rkllm_run",
+    "Run one input (or one per batch entry). Mode RKLLM_INFER_GENERATE streams rkllm_result "
+    "notifications {id, seq, state, text, token_id, token_ids} and answers with the finish "
+    "state, text, finish_reason and perf; GET_LOGITS / GET_LAST_HIDDEN_LAYER answer with "
+    "the array in the typed form.",
+    params=obj(
+        {
+            "handle": HANDLE,
+            "rkllm_input": {"oneOf": [INPUT, {"type": "array", "items": INPUT, "maxItems": 8}]},
+            "rkllm_infer_params": INFER_PARAM,
+        },
+        "handle",
+        "rkllm_input",
+    ),
+    result={"type": "object"},
+    notifications=True,
+)
+async def rkllm_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    sessions = call.connection.sessions
+    entry = _entry(call, params)
+    inputs = input_models(params["rkllm_input"], "rkllm_input")
+    infer = params.get("rkllm_infer_params", {})
+    mode = InferMode(infer.get("mode", 0))
+    options = _run_options(infer, sessions.config.prompt_cache_dir)
+    prompt: Input | list[Input] = inputs[0] if isinstance(params["rkllm_input"], dict) else inputs
+    async with sessions.run_slot(entry, _array_bytes(inputs)):
+        if mode is not InferMode.GENERATE:
+            return await _arrays(entry.llm, prompt, mode, options)
+        batched = isinstance(prompt, list)
+        async with entry.llm.stream(prompt, **options) as s:
+            async for chunk in s:
+                if not chunk.text and not chunk.token_ids:
+                    continue
+                note: dict[str, Any] = {
+                    "state": "RKLLM_RUN_NORMAL",
+                    "text": chunk.text,
+                    "token_id": chunk.token_ids[-1] if chunk.token_ids else None,
+                    "token_ids": list(chunk.token_ids),
+                }
+                if batched:
+                    note["batch"] = chunk.batch
+                call.notify_result(note)
+        results = [
+            {
+                "state": "RKLLM_RUN_FINISH",
+                "finish_reason": g.finish_reason,
+                "text": g.text,
+                "token_ids": list(g.token_ids),
+                "perf": perf_json(g.perf),
+            }
+            for g in s.results()
+        ]
+    return {**results[0], "results": results} if batched else results[0]
+
+
+async def _arrays(
+    llm: AsyncLLM, prompt: Input | list[Input], mode: InferMode, options: RunOptions
+) -> dict[str, Any]:
+    extra = set(options) - {"keep_history"}
+    if extra:
+        raise ParamsError("rkllm_infer_params", f"{sorted(extra)} apply to GENERATE runs only")
+    keep = bool(options.get("keep_history", False))
+    if mode is InferMode.GET_LOGITS:
+        arr = await llm.logits(prompt, keep_history=keep)
+        return {
+            "state": "RKLLM_RUN_FINISH",
+            "logits": {
+                "logits": encode_array(arr),
+                "vocab_size": int(arr.shape[1]),
+                "num_tokens": int(arr.shape[0]),
+            },
+        }
+    arr = await llm.hidden_states(prompt, keep_history=keep)
+    return {
+        "state": "RKLLM_RUN_FINISH",
+        "last_hidden_layer": {
+            "hidden_states": encode_array(arr),
+            "embd_size": int(arr.shape[1]),
+            "num_tokens": int(arr.shape[0]),
+        },
+    }
+
+
+@REGISTRY.method(
+    "rkllm_abort",
+    "Abort the run in progress on the handle (its rkllm_run answers finish_reason abort).",
+    params=_HANDLE_ONLY,
+    result=_EMPTY,
+)
+async def rkllm_abort(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    _entry(call, params).llm.abort()
+    return {}
+
+
+@REGISTRY.method(
+    "rkllm_is_running",
+    "Whether the runtime reports a task in progress on the handle.",
+    params=_HANDLE_ONLY,
+    result=obj({"is_running": boolean()}),
+)
+async def rkllm_is_running(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    return {"is_running": _entry(call, params).llm.is_running()}
+
+
+@REGISTRY.method(
+    "rkllm_load_lora",
+    "Load a LoRA adapter (path inside --models-dir); runs select it by name.",
+    params=obj({"handle": HANDLE, "lora_adapter": LORA_ADAPTER}, "handle", "lora_adapter"),
+    result=_EMPTY,
+)
+async def rkllm_load_lora(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    entry = _entry(call, params)
+    lora = params["lora_adapter"]
+    where = "lora_adapter.lora_adapter_path"
+    path = confine(lora["lora_adapter_path"], entry_config(call).models_dir, where)
+    try:
+        adapter = LoraAdapter(
+            path=path, name=lora["lora_adapter_name"], scale=lora.get("scale", 1.0)
+        )
+    except ValueError as exc:
+        raise ParamsError("lora_adapter", str(exc)) from None
+    await entry.llm.load_lora(adapter)
+    return {}
+
+
+def entry_config(call: Call) -> Any:
+    """The server's configuration."""
+    return call.connection.sessions.config
+
+
+@REGISTRY.method(
+    "rkllm_load_prompt_cache",
+    "Load a prompt cache (path inside --cache-dir).",
+    params=obj({"handle": HANDLE, "prompt_cache_path": string()}, "handle", "prompt_cache_path"),
+    result=_EMPTY,
+)
+async def rkllm_load_prompt_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    entry = _entry(call, params)
+    path = confine(
+        params["prompt_cache_path"], entry_config(call).prompt_cache_dir, "prompt_cache_path"
+    )
+    await entry.llm.load_prompt_cache(path)
+    return {}
+
+
+@REGISTRY.method(
+    "rkllm_release_prompt_cache",
+    "Release the loaded prompt cache.",
+    params=_HANDLE_ONLY,
+    result=_EMPTY,
+)
+async def rkllm_release_prompt_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    await _entry(call, params).llm.release_prompt_cache()
+    return {}
+
+
+_POSITIONS = nullable({"type": "array", "items": integer(0), "maxItems": 8})
+
+
+@REGISTRY.method(
+    "rkllm_clear_kv_cache",
+    "Clear the KV cache (keeping the system prompt if asked), or [start_pos, end_pos) "
+    "ranges, one per batch entry.",
+    params=obj(
+        {
+            "handle": HANDLE,
+            "keep_system_prompt": boolean(),
+            "start_pos": _POSITIONS,
+            "end_pos": _POSITIONS,
+        },
+        "handle",
+    ),
+    result=_EMPTY,
+)
+async def rkllm_clear_kv_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    entry = _entry(call, params)
+    start, end = params.get("start_pos"), params.get("end_pos")
+    if (start is None) != (end is None) or (start is not None and len(start) != len(end or ())):
+        raise ParamsError("end_pos", "start_pos and end_pos go together, one entry per batch")
+    ranges = list(zip(start, end, strict=True)) if start is not None and end is not None else None
+    await entry.llm.clear_kv_cache(
+        keep_system_prompt=params.get("keep_system_prompt", False), ranges=ranges
+    )
+    return {}
+
+
+@REGISTRY.method(
+    "rkllm_get_kv_cache_size",
+    "Tokens in the KV cache, one count per batch entry.",
+    params=_HANDLE_ONLY,
+    result=obj({"cache_sizes": {"type": "array", "items": integer(0)}}),
+)
+async def rkllm_get_kv_cache_size(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    return {"cache_sizes": await _entry(call, params).llm.kv_cache_size()}
+
+
+@REGISTRY.method(
+    "rkllm_set_chat_template",
+    "Replace the model's chat template.",
+    params=obj(
+        {"handle": HANDLE, "system_prompt": string(), "prefix": string(), "postfix": string()},
+        "handle",
+        "system_prompt",
+        "prefix",
+        "postfix",
+    ),
+    result=_EMPTY,
+)
+async def rkllm_set_chat_template(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    await _entry(call, params).llm.set_chat_template(
+        params["system_prompt"], params["prefix"], params["postfix"]
+    )
+    return {}
+
+
+@REGISTRY.method(
+    "rkllm_set_function_tools",
+    "Give the model OpenAI-format tools (a JSON array, or its text).",
+    params=obj(
+        {
+            "handle": HANDLE,
+            "system_prompt": string(),
+            "tools": {
+                "oneOf": [
+                    string(),
+                    {"type": "array", "items": {"type": "object"}, "maxItems": 256},
+                ]
+            },
+            "tool_response_str": string(max_length=256),
+        },
+        "handle",
+        "system_prompt",
+        "tools",
+    ),
+    result=_EMPTY,
+)
+async def rkllm_set_function_tools(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    await _entry(call, params).llm.set_function_tools(
+        params["system_prompt"], params["tools"], params.get("tool_response_str", "tool_response")
+    )
+    return {}
+
+
+@REGISTRY.method(
+    "rkllm_set_cross_attn_params",
+    "Set (or clear with null) the cross-attention encoder arrays; the handle keeps them.",
+    params=obj({"handle": HANDLE, "cross_attn_params": nullable(CROSS_ATTN)}, "handle"),
+    result=_EMPTY,
+)
+async def rkllm_set_cross_attn_params(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    entry = _entry(call, params)
+    value = params.get("cross_attn_params")
+    cross = cross_model(value, "cross_attn_params") if value is not None else None
+    await entry.llm.set_cross_attention(cross)
+    entry.array_bytes = (
+        sum(a.nbytes for a in (cross.k_cache, cross.v_cache, cross.mask, cross.positions))
+        if cross is not None
+        else 0
+    )
+    return {}

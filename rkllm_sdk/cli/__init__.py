@@ -1,4 +1,4 @@
-"""The ``rkllm`` command: ``doctor``, ``run``, ``chat`` and ``bench``.
+"""The ``rkllm`` command: ``doctor``, ``run``, ``chat``, ``bench`` and ``serve``.
 
 Also reachable as ``python -m rkllm_sdk``. Output goes through ``rich``: colour in a
 terminal, plain text when piped. Generated text goes to stdout; notices, summaries,
@@ -10,7 +10,8 @@ Exit codes: 0 success; 1 an SDK error (or ``doctor`` found a problem); 2 bad usa
 Unlike the library, the command falls back to the bundled fake runtime when no runtime is
 installed and no model is given, and says so in one line.
 
-Where the code lives: one module per command (``doctor``, ``run``, ``chat``, ``bench``);
+Where the code lives: one module per command (``doctor``, ``run``, ``chat``, ``bench``,
+``serve``);
 ``_parser`` builds the argument parser; ``_common`` holds the exit codes, ``UsageError`` and
 the choice of runtime and model (and is the only module importing the SDK's internals);
 ``_interrupts`` is the Ctrl-C handling; ``_output`` the consoles, JSON and summary lines.

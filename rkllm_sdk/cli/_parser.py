@@ -9,6 +9,7 @@ from .bench import cmd_bench
 from .chat import CHAT_HELP, cmd_chat
 from .doctor import cmd_doctor
 from .run import cmd_run
+from .serve import cmd_serve
 
 #: The largest value of a C ``int`` (int32): every count ends up in one.
 INT32_MAX = 2**31 - 1
@@ -123,4 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_positive_int, default=5, metavar="N")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench, max_new_tokens=None)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the runtime's functions as a JSON-RPC 2.0 proxy",
+        description="Serve every runtime function as a JSON-RPC 2.0 method named as in "
+        "rkllm.h, over stdio, TCP and / or Unix sockets (newline-delimited JSON). Runs "
+        "stream rkllm_result notifications. Handles belong to the connection that made "
+        "them and die with it. SIGTERM drains runs, then exits 0.",
+    )
+    p.add_argument("--stdio", action="store_true", help="serve the client that spawned us")
+    p.add_argument(
+        "--tcp",
+        action="append",
+        metavar="HOST:PORT",
+        help="listen on TCP (repeatable; use 127.0.0.1: there is no authentication yet)",
+    )
+    p.add_argument("--unix", action="append", metavar="PATH", help="listen on a Unix socket")
+    p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="model and LoRA paths must lie inside DIR (default: the current directory; "
+        "on the bundled fake, its demo model's directory)",
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="prompt caches must lie inside DIR (default: models dir)"
+    )
+    p.add_argument(
+        "--runtime",
+        metavar="PATH|fake",
+        help="librkllmrt.so to load, or 'fake' for the bundled emulator "
+        "(default: RKLLM_RUNTIME, then the system's library, then the fake)",
+    )
+    p.add_argument(
+        "--abi", choices=["1.2", "1.3"], help="runtime ABI (default: detected from the library)"
+    )
+    p.set_defaults(func=cmd_serve)
     return parser

@@ -41,7 +41,9 @@ def models_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(abi: str, models_dir: Path) -> Server:
     """A proxy on the fake runtime of the test's ABI, confined to ``models_dir``."""
-    return Server(ServerConfig(runtime="fake", abi=abi, models_dir=models_dir))
+    return Server(
+        ServerConfig(runtime="fake", abi=abi, models_dir=models_dir, max_message_bytes=65536)
+    )
 
 
 def live_handles(abi: str) -> int:
@@ -136,12 +138,11 @@ async def tcp(server: Server) -> AsyncIterator[tuple[str, int]]:
 
 
 async def wait_until_idle(server: Server, abi: str, baseline: int) -> None:
-    """Wait (bounded) until stats count nothing and the fake holds ``baseline`` handles."""
+    """Wait (bounded) until stats count nothing (no connection either) and the fake holds ``baseline`` handles."""
     with anyio.fail_after(DEADLINE_S):
         while True:
             s = server.sessions.stats()
-            if (s["handles"], s["runs"], s["array_bytes"]) == (0, 0, 0) and live_handles(
-                abi
-            ) == baseline:
+            idle = (s["connections"], s["handles"], s["runs"], s["array_bytes"]) == (0, 0, 0, 0)
+            if idle and live_handles(abi) == baseline:
                 return
             await anyio.sleep(0.02)

@@ -138,7 +138,8 @@ async def tcp(server: Server) -> AsyncIterator[tuple[str, int]]:
 
 
 async def wait_until_idle(server: Server, abi: str, baseline: int) -> None:
-    """Wait (bounded) until stats count nothing (no connection either) and the fake holds ``baseline`` handles."""
+    """Wait (bounded) until stats count nothing (no connection either) and the fake
+    holds ``baseline`` handles."""
     with anyio.fail_after(DEADLINE_S):
         while True:
             s = server.sessions.stats()

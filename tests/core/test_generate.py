@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import rkllm_sdk as rk
-from rkllm_sdk import _native
+from rkllm_sdk import _decoder, _native
 from rkllm_sdk._ffi.loader import load_runtime
-from rkllm_sdk import _decoder
 from rkllm_sdk.llm import AsyncLLM, open_handles
 
 from ..fake_runtime.driver import hidden_formula, logits_formula, reference_pieces
@@ -22,6 +21,7 @@ def waiting_text(request: pytest.FixtureRequest) -> str:
     """Streaming runs under both readings of WAITING: no partial character (the fake's
     default) and the first bytes of a split character (the other reading)."""
     return str(request.param)
+
 
 REPLY = "Kitchen light on. 台所の電気 💡 done."
 
@@ -175,7 +175,8 @@ async def test_the_bridge_channel_is_reused_across_runs(load: LoadLLM) -> None:
     llm = await load(natural_end=False, decode_ms=1, script=[{"match": "x", "reply": "same reply"}])
     base = _native.bridge_live_objects(load_runtime("fake", abi=llm.runtime.abi))
     first = await llm.generate("x", stop=["reply"])
-    assert _native.bridge_live_objects(load_runtime("fake", abi=llm.runtime.abi)) == base + 1  # the spare channel
+    rt = load_runtime("fake", abi=llm.runtime.abi)
+    assert _native.bridge_live_objects(rt) == base + 1  # the spare channel
     async with llm.stream("y") as s:
         async for _ in s:
             break
@@ -213,10 +214,10 @@ async def test_a_misspelled_option_is_refused_at_run_time_too(load: LoadLLM) -> 
     instead of being ignored."""
     llm = await load()
     options: dict[str, object] = {"max_new_token": 3}
-    with pytest.raises(TypeError, match="unknown run option.*max_new_token;.*max_new_tokens"):
+    with pytest.raises(TypeError, match=r"unknown run option.*max_new_token;.*max_new_tokens"):
         await llm.generate("x", **options)  # type: ignore[arg-type]
     chat = llm.chat()
-    with pytest.raises(TypeError, match="unknown run option.*stops"):
+    with pytest.raises(TypeError, match=r"unknown run option.*stops"):
         await chat.send("x", stops=["\n"])  # type: ignore[call-arg]
 
 

@@ -115,11 +115,11 @@ def no_env_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_help_lists_every_command() -> None:
-    """`rkllm --help` lists exactly the four commands, and the console script is installed."""
+    """`rkllm --help` lists exactly the five commands, and the console script is installed."""
     r = rkllm("--help")
     assert r.returncode == 0
     listed = re.findall(r"^    (\w+)  +\S", r.stdout, re.M)
-    assert listed == ["doctor", "run", "chat", "bench"]
+    assert listed == ["doctor", "run", "chat", "bench", "serve"]
     assert (Path(sys.executable).parent / "rkllm").exists()  # the console script
 
 

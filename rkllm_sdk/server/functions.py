@@ -172,6 +172,8 @@ async def rkllm_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             }
             for g in s.results()
         ]
+        for g in s.results():
+            sessions.metrics.run_finished(g.perf)
     return {**results[0], "results": results} if batched else results[0]
 
 

@@ -27,7 +27,7 @@ from . import functions, service  # noqa: F401  # importing them registers the m
 from .outbox import dumps
 from .registry import REGISTRY, Call, Peer, Registry
 from .schema import validate
-from .sessions import ServerConfig, Sessions
+from .sessions import INVALID_MESSAGE, UNKNOWN_METHOD, ServerConfig, Sessions
 from .wire import ParamsError
 
 __all__ = [
@@ -84,32 +84,43 @@ class Server:
         self.registry = registry
         self.log = log
 
+    def prometheus_text(self) -> str:
+        """The proxy's metrics in the Prometheus text exposition format (version 0.0.4).
+
+        Series are named ``rkllm_proxy_*`` so that this text can follow
+        :func:`rkllm_sdk.metrics.render_prometheus` in one exposition (that one already
+        has ``rkllm_process_resident_megabytes``); see :mod:`.service` for the list.
+        """
+        from .service import prometheus_text  # noqa: PLC0415  # imports prometheus_client
+
+        return prometheus_text(self.sessions)
+
+    def _invalid(self, code: int, message: str, started: float) -> str:
+        """An error reply to a message that was no request (counted as ``_invalid``)."""
+        self.sessions.metrics.record(INVALID_MESSAGE, code, time.perf_counter() - started)
+        return dumps(error_response(None, code, message))
+
     async def handle_text(self, peer: Peer, text: str | bytes) -> str | None:
         """Serve one message (a request, notification or batch); the reply text or None."""
+        started = time.perf_counter()
         if len(text) > self.config.max_message_bytes:
-            return dumps(
-                error_response(
-                    None,
-                    INVALID_REQUEST,
-                    f"message larger than {self.config.max_message_bytes} bytes",
-                )
-            )
+            limit = self.config.max_message_bytes
+            return self._invalid(INVALID_REQUEST, f"message larger than {limit} bytes", started)
         try:
             message = json.loads(text)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return dumps(error_response(None, PARSE_ERROR, "Parse error"))
+            return self._invalid(PARSE_ERROR, "Parse error", started)
         if isinstance(message, list):
-            return await self._batch(peer, message)
+            return await self._batch(peer, message, started)
         reply = await self.handle_message(peer, message)
         return None if reply is None else self._encode(reply)
 
-    async def _batch(self, peer: Peer, batch: list[Any]) -> str | None:
+    async def _batch(self, peer: Peer, batch: list[Any], started: float) -> str | None:
         if not batch:
-            return dumps(error_response(None, INVALID_REQUEST, "Invalid Request: empty batch"))
+            return self._invalid(INVALID_REQUEST, "Invalid Request: empty batch", started)
         if len(batch) > MAX_BATCH:
-            return dumps(
-                error_response(None, INVALID_REQUEST, f"a batch holds at most {MAX_BATCH}")
-            )
+            message = f"a batch holds at most {MAX_BATCH}"
+            return self._invalid(INVALID_REQUEST, message, started)
         replies: list[dict[str, Any] | None] = [None] * len(batch)
 
         async def one(i: int, message: Any) -> None:
@@ -130,10 +141,14 @@ class Server:
 
     async def handle_message(self, peer: Peer, message: Any) -> dict[str, Any] | None:
         """Serve one decoded request or notification; the response object, or None."""
+        started = time.perf_counter()
+        metrics = self.sessions.metrics
         if not isinstance(message, dict):
+            metrics.record(INVALID_MESSAGE, INVALID_REQUEST, time.perf_counter() - started)
             return error_response(None, INVALID_REQUEST, "Invalid Request: not an object")
         request_id = message.get("id", _NO_ID)
         if request_id is not _NO_ID and not _valid_id(request_id):
+            metrics.record(INVALID_MESSAGE, INVALID_REQUEST, time.perf_counter() - started)
             return error_response(None, INVALID_REQUEST, "Invalid Request: bad id")
         method_name = message.get("method")
         params = message.get("params", {})
@@ -144,16 +159,19 @@ class Server:
             or set(message) - {"jsonrpc", "method", "params", "id"}
         ):
             reply_id = None if request_id is _NO_ID else request_id
+            metrics.record(INVALID_MESSAGE, INVALID_REQUEST, time.perf_counter() - started)
             return error_response(reply_id, INVALID_REQUEST, "Invalid Request")
         notification = request_id is _NO_ID
-        started = time.perf_counter()
         response = await self._call(peer, request_id, method_name, params, notification)
         self.sessions.requests += 1
+        seconds = time.perf_counter() - started
+        code = None if "result" in response else int(response["error"]["code"])
+        label = method_name if method_name in self.registry.methods else UNKNOWN_METHOD
+        metrics.record(label, code, seconds)
         if self.log is not None:
-            outcome = "ok" if "result" in response else f"error {response['error']['code']}"
+            outcome = "ok" if code is None else f"error {code}"
             kind = "notification" if notification else f"id={json.dumps(request_id)}"
-            ms = (time.perf_counter() - started) * 1e3
-            self.log(f"{method_name} {kind} {ms:.1f}ms {outcome}")
+            self.log(f"{method_name} {kind} {seconds * 1e3:.1f}ms {outcome}")
         return None if notification else response
 
     async def _call(

@@ -15,7 +15,9 @@ file.
 
 from __future__ import annotations
 
+import math
 import secrets
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,9 +28,11 @@ import attrs
 
 from ..errors import BusyError
 from ..llm import AsyncLLM
+from ..metrics import _rss_mb
+from ..results import PerfStats
 from .wire import ParamsError
 
-__all__ = ["Entry", "ServerConfig", "Sessions", "confine"]
+__all__ = ["Entry", "MethodStats", "Metrics", "ServerConfig", "Sessions", "confine"]
 
 MiB = 1024 * 1024
 
@@ -99,6 +103,86 @@ class Entry:
     array_bytes: int = 0  # arrays the runtime keeps reading (cross attention)
 
 
+#: Latencies kept per method for the percentiles (the most recent ones).
+LATENCY_WINDOW = 1024
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted list (0.0 when empty)."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@attrs.define(eq=False)
+class MethodStats:
+    """One method's requests: outcomes and latencies."""
+
+    calls: int = 0
+    ok: int = 0
+    failures: Counter[int] = attrs.field(factory=Counter)  # by JSON-RPC error code
+    seconds_total: float = 0.0
+    window: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def latency(self) -> dict[str, float]:
+        """Mean, median and 99th percentile of the latencies in the window, in seconds."""
+        ordered = sorted(self.window)
+        mean = sum(ordered) / len(ordered) if ordered else 0.0
+        return {"mean": mean, "p50": _quantile(ordered, 0.5), "p99": _quantile(ordered, 0.99)}
+
+
+#: The method label of requests that named no registered method, and of messages that
+#: were not requests at all (parse errors, invalid requests): bounded label sets.
+UNKNOWN_METHOD, INVALID_MESSAGE = "_unknown", "_invalid"
+
+
+@attrs.define(eq=False)
+class Metrics:
+    """What the dispatcher and the runs recorded since the server started."""
+
+    methods: dict[str, MethodStats] = attrs.field(factory=dict)
+    runs_finished: int = 0
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generate_tokens: int = 0
+    generate_seconds: float = 0.0
+    memory_usage_mb: float = 0.0  # the runtime's report of the last run
+
+    def record(self, method: str, error_code: int | None, seconds: float) -> None:
+        """Count one request of ``method`` (ok when ``error_code`` is None)."""
+        stats = self.methods.get(method)
+        if stats is None:
+            stats = self.methods[method] = MethodStats()
+        stats.calls += 1
+        if error_code is None:
+            stats.ok += 1
+        else:
+            stats.failures[error_code] += 1
+        stats.seconds_total += seconds
+        stats.window.append(seconds)
+
+    def run_finished(self, perf: PerfStats | None) -> None:
+        """Count one finished generation and the runtime's timings of it."""
+        self.runs_finished += 1
+        if perf is None:
+            return
+        self.prefill_tokens += perf.prefill_tokens
+        self.prefill_seconds += perf.prefill_time_ms / 1e3
+        self.generate_tokens += perf.generate_tokens
+        self.generate_seconds += perf.generate_time_ms / 1e3
+        self.memory_usage_mb = perf.memory_usage_mb
+
+    @property
+    def generate_tokens_per_s(self) -> float:
+        """Generated tokens per second of the runtime's decode time, over every run."""
+        return self.generate_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        """Prefill tokens per second of the runtime's prefill time, over every run."""
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+
 class Sessions:
     """Every handle of the process, by opaque id, with its owner; counters for ``stats``."""
 
@@ -110,6 +194,7 @@ class Sessions:
         self.connections = 0
         self.requests = 0
         self.draining = False
+        self.metrics = Metrics()
 
     def owned(self, owner: object) -> list[Entry]:
         """The handles ``owner`` holds."""
@@ -183,13 +268,41 @@ class Sessions:
             return True
         return False
 
+    @property
+    def queued_runs(self) -> int:
+        """Runs waiting for their handle (each handle runs one at a time)."""
+        return sum(max(0, e.queued - 1) for e in self.handles.values())
+
+    @property
+    def array_bytes(self) -> int:
+        """Bytes of client arrays the runtime may still read (runs, cross attention)."""
+        return self.run_array_bytes + sum(e.array_bytes for e in self.handles.values())
+
     def stats(self) -> dict[str, Any]:
-        """The ``stats`` method's result."""
+        """The ``stats`` method's result (latencies in milliseconds)."""
+        m = self.metrics
+        methods = {}
+        for name, s in sorted(m.methods.items()):
+            latency = s.latency()
+            methods[name] = {
+                "calls": s.calls,
+                "ok": s.ok,
+                "failed": s.calls - s.ok,
+                "failures": {str(code): n for code, n in sorted(s.failures.items())},
+                "latency_ms": {k: round(v * 1e3, 3) for k, v in latency.items()},
+            }
         return {
             "connections": self.connections,
             "handles": len(self.handles),
             "runs": self.runs,
-            "array_bytes": self.run_array_bytes + sum(e.array_bytes for e in self.handles.values()),
+            "queued_runs": self.queued_runs,
+            "array_bytes": self.array_bytes,
             "requests": self.requests,
             "draining": self.draining,
+            "methods": methods,
+            "generations": m.runs_finished,
+            "generate_tokens_per_s": round(m.generate_tokens_per_s, 3),
+            "prefill_tokens_per_s": round(m.prefill_tokens_per_s, 3),
+            "memory_usage_mb": m.memory_usage_mb,
+            "rss_mb": round(_rss_mb(), 3),
         }

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -64,7 +65,14 @@ async def serve_stream(server: Server, stream: anyio.abc.ByteStream) -> None:
         async def send(line: str) -> None:
             await stream.send(line.encode("utf-8") + b"\n")
 
-        await Connection(server).serve(lines(stream, server.config.max_message_bytes), send)
+        try:
+            await Connection(server).serve(lines(stream, server.config.max_message_bytes), send)
+        finally:
+            # A read cancelled just now leaves its future for a done-callback to clear;
+            # closing a Unix stream before that callback ran raised InvalidStateError on
+            # asyncio (anyio#1267, fixed in anyio 4.16). One shielded checkpoint lets it run.
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()
 
 
 async def serve_listener(

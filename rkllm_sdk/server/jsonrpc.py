@@ -16,6 +16,7 @@ params (``error.data.path`` names the field), -32603 internal error; the SDK's e
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,13 @@ def error_response(request_id: Any, code: int, message: str, data: Any = None) -
 
 
 def _valid_id(value: Any) -> bool:
+    # json.loads accepts NaN, Infinity and 1e999 (inf): such an id cannot be echoed in JSON.
+    if isinstance(value, float):
+        return math.isfinite(value)
     return (
         value is None
         or isinstance(value, str)
-        or (isinstance(value, int | float) and not isinstance(value, bool))
+        or (isinstance(value, int) and not isinstance(value, bool))
     )
 
 

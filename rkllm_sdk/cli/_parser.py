@@ -33,6 +33,17 @@ def _count(hi: int) -> Callable[[str], int]:
     return parse
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
+    return value
+
+
 _positive_int = _count(INT32_MAX)
 _context_count = _count(MAX_CONTEXT)
 
@@ -129,18 +140,48 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the runtime's functions as a JSON-RPC 2.0 proxy",
         description="Serve every runtime function as a JSON-RPC 2.0 method named as in "
-        "rkllm.h, over stdio, TCP and / or Unix sockets (newline-delimited JSON). Runs "
-        "stream rkllm_result notifications. Handles belong to the connection that made "
-        "them and die with it. SIGTERM drains runs, then exits 0.",
+        "rkllm.h, over stdio, TCP and / or Unix sockets (newline-delimited JSON), and HTTP "
+        "(POST /rpc, SSE, WebSocket /ws). Runs stream rkllm_result notifications. Handles "
+        "belong to the connection that made them and die with it (over HTTP: to the API key "
+        "and X-RKLLM-Session header, until idle). SIGTERM drains runs, then exits 0. "
+        "Environment: RKLLM_API_KEY.",
     )
     p.add_argument("--stdio", action="store_true", help="serve the client that spawned us")
     p.add_argument(
         "--tcp",
         action="append",
         metavar="HOST:PORT",
-        help="listen on TCP (repeatable; use 127.0.0.1: there is no authentication yet)",
+        help="listen on TCP (repeatable; no authentication: loopback only, unless "
+        "--insecure-no-auth)",
     )
     p.add_argument("--unix", action="append", metavar="PATH", help="listen on a Unix socket")
+    p.add_argument(
+        "--http",
+        action="append",
+        metavar="HOST:PORT",
+        help="serve HTTP on HOST:PORT (repeatable): POST /rpc (JSON, or SSE with Accept: "
+        "text/event-stream), WebSocket /ws, GET /health, GET /metrics; a host other than "
+        "loopback needs an API key",
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the Bearer token HTTP and WebSocket clients must send (visible in ps: prefer "
+        "--api-key-file or RKLLM_API_KEY)",
+    )
+    p.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --http without an API key, or a non-loopback --tcp",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="S",
+        help="destroy an HTTP session's handles after S seconds without a request (default: 600)",
+    )
     p.add_argument(
         "--models-dir",
         metavar="DIR",

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,6 +23,8 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from rkllm_sdk import AsyncLLM
+from rkllm_sdk.cli._common import UsageError
+from rkllm_sdk.cli.serve import check_binds
 from rkllm_sdk.server import Server
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
 
@@ -272,3 +280,64 @@ async def test_metrics_parse_as_prometheus_text(base: str) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = list(text_string_to_metric_families(r.text))
     assert all(f.name for f in families)
+
+
+def serve_cmd(abi: str, models_dir: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "rkllm_sdk",
+        "serve",
+        "--runtime",
+        "fake",
+        "--abi",
+        abi,
+        "--models-dir",
+        str(models_dir),
+        *args,
+    ]
+
+
+def test_non_loopback_http_needs_a_key_or_insecure_no_auth(models_dir: Path, abi: str) -> None:
+    """A non-loopback --http without a key exits 2 before binding, unless --insecure-no-auth."""
+    env = {k: v for k, v in os.environ.items() if k != "RKLLM_API_KEY"}
+    cmd = serve_cmd(abi, models_dir, "--http", "0.0.0.0:0")  # refused, never bound
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=DEADLINE_S, check=False)
+    assert proc.returncode == 2
+    assert b"is not loopback: give an API key" in proc.stderr
+    ns = argparse.Namespace(http=["0.0.0.0:8080"], tcp=["10.0.0.1:1"], insecure_no_auth=False)
+    with pytest.raises(UsageError, match="TCP has no authentication"):
+        check_binds(ns, "key")
+    check_binds(argparse.Namespace(http=ns.http, tcp=ns.tcp, insecure_no_auth=True), None)
+
+
+def test_spawned_http_server_serves_then_exits_0_on_sigterm(
+    models_dir: Path, abi: str, tmp_path: Path
+) -> None:
+    """`rkllm serve --http 127.0.0.1:0 --api-key-file F` serves a run, then SIGTERM exits 0."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+    cmd = serve_cmd(abi, models_dir, "--http", "127.0.0.1:0", "--api-key-file", str(key_file))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stderr and proc.stdout
+        port = None
+        for _ in range(50):
+            found = re.search(rb"listening on http 127\.0\.0\.1:(\d+)", proc.stderr.readline())
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "no listening line"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=10) as c:
+            init = request(1, "rkllm_init", param={"model_path": "m.json"})
+            handle = c.post("/rpc", json=init).json()["result"]["handle"]
+            run = request(2, "rkllm_run", handle=handle, rkllm_input=PROMPT)
+            result = c.post("/rpc", json=run).json()["result"]
+            assert result["finish_reason"] == "stop" and result["chunks"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
+        err = proc.stderr.read()
+        assert proc.stdout.read() == b""
+    assert proc.returncode == 0
+    assert b"rkllm_run id=2" in err and b"SIGTERM" in err

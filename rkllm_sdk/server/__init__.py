@@ -15,6 +15,9 @@ Modules, one idea each:
 - ``connection``: one client, whatever carries it; cleanup when it leaves.
 - ``sessions``: handle ownership, limits, path confinement (:class:`ServerConfig`).
 - ``transports``: stdio, TCP and Unix sockets (newline-delimited JSON, anyio).
+- ``http``: ``POST /rpc`` (buffered or Server-Sent Events), ``/ws``, ``/health``,
+  ``/metrics`` (Starlette on uvicorn, imported only when ``--http`` is given).
+- ``http_sessions``: handle ownership over HTTP (API key + ``X-RKLLM-Session``), idle expiry.
 """
 
 from __future__ import annotations

@@ -146,10 +146,8 @@ class HttpFace:
         """``GET /metrics``: the Prometheus text exposition (behind the key)."""
         if not self._authorized(request.headers):
             return self._refuse("GET /metrics")
-        parts = [metrics.render_prometheus()]
-        own = getattr(self.server, "prometheus_text", None)
-        if callable(own):
-            parts.append(str(own()))
+        # The SDK's per-model series, then the proxy's own (rkllm_proxy_*): no name clashes.
+        parts = [metrics.render_prometheus(), self.server.prometheus_text()]
         self._log("http GET /metrics 200")
         return Response(
             "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts),

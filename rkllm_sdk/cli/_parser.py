@@ -183,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="destroy an HTTP session's handles after S seconds without a request (default: 600)",
     )
     p.add_argument(
+        "--run-expiry",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="abort and forget an rkllm_run_async run whose results are not fetched for S "
+        "seconds (default: 300)",
+    )
+    p.add_argument(
         "--models-dir",
         metavar="DIR",
         help="model and LoRA paths must lie inside DIR (default: the current directory; "

@@ -169,6 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         abi=args.abi,
         models_dir=models_dir or Path.cwd(),
         cache_dir=args.cache_dir,
+        run_expiry_s=args.run_expiry,
     )
     _log(f"models dir {config.models_dir.resolve()}, cache dir {config.prompt_cache_dir.resolve()}")
     server = Server(config, log=_log)

@@ -8,8 +8,9 @@ served concurrently (``rkllm_abort`` while ``rkllm_run`` streams), at most
 
 The end of the input (EOF) lets the requests in progress finish and their replies go out
 (``echo '{...}' | rkllm serve --stdio`` works); a failed write means the client is gone:
-everything is cancelled. Either way the connection's runs are aborted on the NPU and its
-handles destroyed before :meth:`serve` returns.
+everything is cancelled. Either way the connection's runs (its ``rkllm_run_async`` runs
+too, driven in :attr:`Connection.tasks`) are aborted on the NPU and its handles destroyed
+before :meth:`serve` returns.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import anyio.abc
 
 from .jsonrpc import INVALID_REQUEST, Server, error_response
 from .outbox import Outbox, dumps
@@ -38,6 +40,8 @@ class Connection:
         self.server = server
         self.sessions = server.sessions
         self.outbox = Outbox(server.config.outbox_size)
+        #: Drives this connection's async runs while it is served (cancelled when it ends).
+        self.tasks: anyio.abc.TaskGroup | None = None
 
     async def serve(
         self, messages: AsyncIterator[bytes], send: Callable[[str], Awaitable[None]]
@@ -47,7 +51,10 @@ class Connection:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, send, tg.cancel_scope)
-                await self._read(messages)
+                async with anyio.create_task_group() as self.tasks:
+                    await self._read(messages)
+                    self.tasks.cancel_scope.cancel()  # its async runs end with it
+                self.tasks = None
                 self.outbox.close()
         finally:
             with anyio.CancelScope(shield=True):

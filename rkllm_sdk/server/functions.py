@@ -1,7 +1,8 @@
 """The runtime's functions as JSON-RPC methods, each served through the SDK's public API.
 
-``rkllm_run_async`` is not served yet: ``rkllm_run`` already streams while other requests
-(``rkllm_abort``, ``rkllm_is_running``) are served on the same connection.
+``rkllm_run`` streams while other requests (``rkllm_abort``, ``rkllm_is_running``) are
+served on the same connection. ``rkllm_run_async`` answers at once; its results wait in a
+bounded buffer (:mod:`.polling`) that ``rkllm_get_run_results`` reads with a cursor.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import anyio
 import anyio.to_thread
+import attrs
 
-from .. import _native
+from .. import Chunk, TokenStream, _native
+from ..errors import BusyError
 from ..llm import AsyncLLM
 from ..lowlevel import load_runtime
 from ..models import InferMode, Input, LoraAdapter
@@ -29,6 +33,7 @@ from .params import (
     param_model,
     sampling_model,
 )
+from .polling import Run
 from .registry import REGISTRY, Call
 from .schema import boolean, integer, nullable, obj, string
 from .sessions import Entry, confine
@@ -38,6 +43,9 @@ __all__: list[str] = []
 
 _HANDLE_ONLY = obj({"handle": HANDLE}, "handle")
 _EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
+
+#: rkllm_get_run_results: most results per reply, longest wait.
+MAX_FETCH, MAX_WAIT_MS = 1024, 30_000
 
 
 def _entry(call: Call, params: dict[str, Any]) -> Entry:
@@ -119,62 +127,200 @@ def _array_bytes(inputs: list[Input]) -> int:
     return total
 
 
+_RUN_PARAMS = obj(
+    {
+        "handle": HANDLE,
+        "rkllm_input": {"oneOf": [INPUT, {"type": "array", "items": INPUT, "maxItems": 8}]},
+        "rkllm_infer_params": INFER_PARAM,
+    },
+    "handle",
+    "rkllm_input",
+)
+
+
+@attrs.frozen
+class _Prepared:
+    """One run's inputs and options, checked."""
+
+    entry: Entry
+    prompt: Input | list[Input]
+    mode: InferMode
+    options: RunOptions
+    array_bytes: int
+
+    @property
+    def batched(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+def _prepare(call: Call, params: dict[str, Any]) -> _Prepared:
+    sessions = call.connection.sessions
+    entry = _entry(call, params)
+    inputs = input_models(params["rkllm_input"], "rkllm_input")
+    infer = params.get("rkllm_infer_params", {})
+    options = _run_options(infer, sessions.config.prompt_cache_dir)
+    return _Prepared(
+        entry=entry,
+        prompt=inputs[0] if isinstance(params["rkllm_input"], dict) else inputs,
+        mode=InferMode(infer.get("mode", 0)),
+        options=options,
+        array_bytes=_array_bytes(inputs),
+    )
+
+
+def _note(chunk: Chunk, batched: bool) -> dict[str, Any] | None:
+    """A chunk as a result (a notification's params), or None when it holds nothing."""
+    if not chunk.text and not chunk.token_ids:
+        return None
+    note: dict[str, Any] = {
+        "state": "RKLLM_RUN_NORMAL",
+        "text": chunk.text,
+        "token_id": chunk.token_ids[-1] if chunk.token_ids else None,
+        "token_ids": list(chunk.token_ids),
+    }
+    if batched:
+        note["batch"] = chunk.batch
+    return note
+
+
+def _final(call: Call, s: TokenStream, batched: bool) -> dict[str, Any]:
+    """The response of a finished generation (every batch entry's in ``results``)."""
+    results = [
+        {
+            "state": "RKLLM_RUN_FINISH",
+            "finish_reason": g.finish_reason,
+            "text": g.text,
+            "token_ids": list(g.token_ids),
+            "perf": perf_json(g.perf),
+        }
+        for g in s.results()
+    ]
+    for g in s.results():
+        call.connection.sessions.metrics.run_finished(g.perf)
+    return {**results[0], "results": results} if batched else results[0]
+
+
 @REGISTRY.method(
     "rkllm_run",
     "Run one input (or one per batch entry). Mode RKLLM_INFER_GENERATE streams rkllm_result "
     "notifications {id, seq, state, text, token_id, token_ids} and answers with the finish "
     "state, text, finish_reason and perf; GET_LOGITS / GET_LAST_HIDDEN_LAYER answer with "
     "the array in the typed form.",
-    params=obj(
-        {
-            "handle": HANDLE,
-            "rkllm_input": {"oneOf": [INPUT, {"type": "array", "items": INPUT, "maxItems": 8}]},
-            "rkllm_infer_params": INFER_PARAM,
-        },
-        "handle",
-        "rkllm_input",
-    ),
+    params=_RUN_PARAMS,
     result={"type": "object"},
     notifications=True,
 )
 async def rkllm_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    sessions = call.connection.sessions
-    entry = _entry(call, params)
-    inputs = input_models(params["rkllm_input"], "rkllm_input")
-    infer = params.get("rkllm_infer_params", {})
-    mode = InferMode(infer.get("mode", 0))
-    options = _run_options(infer, sessions.config.prompt_cache_dir)
-    prompt: Input | list[Input] = inputs[0] if isinstance(params["rkllm_input"], dict) else inputs
-    async with sessions.run_slot(entry, _array_bytes(inputs)):
-        if mode is not InferMode.GENERATE:
-            return await _arrays(entry.llm, prompt, mode, options)
-        batched = isinstance(prompt, list)
-        async with entry.llm.stream(prompt, **options) as s:
+    run = _prepare(call, params)
+    async with call.connection.sessions.run_slot(run.entry, run.array_bytes):
+        if run.mode is not InferMode.GENERATE:
+            return await _arrays(run.entry.llm, run.prompt, run.mode, run.options)
+        async with run.entry.llm.stream(run.prompt, **run.options) as s:
             async for chunk in s:
-                if not chunk.text and not chunk.token_ids:
-                    continue
-                note: dict[str, Any] = {
-                    "state": "RKLLM_RUN_NORMAL",
-                    "text": chunk.text,
-                    "token_id": chunk.token_ids[-1] if chunk.token_ids else None,
-                    "token_ids": list(chunk.token_ids),
-                }
-                if batched:
-                    note["batch"] = chunk.batch
-                call.notify_result(note)
-        results = [
-            {
-                "state": "RKLLM_RUN_FINISH",
-                "finish_reason": g.finish_reason,
-                "text": g.text,
-                "token_ids": list(g.token_ids),
-                "perf": perf_json(g.perf),
-            }
-            for g in s.results()
-        ]
-        for g in s.results():
-            sessions.metrics.run_finished(g.perf)
-    return {**results[0], "results": results} if batched else results[0]
+                note = _note(chunk, run.batched)
+                if note is not None:
+                    call.notify_result(note)
+    return _final(call, s, run.batched)
+
+
+@REGISTRY.method(
+    "rkllm_run_async",
+    "Start a run (params as rkllm_run) and answer at once with its opaque id; it queues on "
+    "the handle like any run. Fetch its results with rkllm_get_run_results.",
+    params=_RUN_PARAMS,
+    result=obj({"run": string()}, "run"),
+)
+async def rkllm_run_async(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    sessions = call.connection.sessions
+    tasks = call.connection.tasks
+    if tasks is None:
+        raise BusyError("this connection is not being served: it cannot start async runs")
+    run = _prepare(call, params)
+    sessions.polled.check_room(call.connection)
+    release = sessions.reserve(run.entry, run.array_bytes)
+
+    async def drive(buffer: Run) -> dict[str, Any]:
+        try:
+            if run.mode is not InferMode.GENERATE:
+                return await _arrays(run.entry.llm, run.prompt, run.mode, run.options)
+            async with run.entry.llm.stream(run.prompt, **run.options) as s:
+                if not await _pump(s, buffer, run.batched):
+                    return buffer.aborted_final()  # aborted while paused or queued
+            return _final(call, s, run.batched)
+        finally:
+            release()
+
+    started = sessions.polled.start(call.connection, run.entry.id, tasks, drive)
+    return {"run": started.id}
+
+
+async def _pump(s: TokenStream, buffer: Run, batched: bool) -> bool:
+    """Iterate ``s`` into ``buffer``; False when the buffer was aborted first."""
+    if buffer.aborted:
+        return False
+    async for chunk in s:
+        note = _note(chunk, batched)
+        if note is not None and not await buffer.put(note):
+            return False
+    return True
+
+
+_RESULT = obj(
+    {
+        "seq": integer(0),
+        "state": string(),
+        "text": string(),
+        "token_id": nullable(integer()),
+        "token_ids": {"type": "array", "items": integer()},
+        "batch": integer(0),
+    }
+)
+
+
+@REGISTRY.method(
+    "rkllm_get_run_results",
+    "The results of an rkllm_run_async run from `cursor` on (at most `max`; those below "
+    "`cursor` are dropped), waiting up to `wait_ms` when none is new. `done` once the run "
+    "is over and every result fetched, with `final` (state, finish_reason, text, perf, or "
+    "error). A full buffer pauses the run until fetched.",
+    params=obj(
+        {
+            "run": string(max_length=64),
+            "cursor": integer(0),
+            "max": integer(1, MAX_FETCH),
+            "wait_ms": integer(0, MAX_WAIT_MS),
+        },
+        "run",
+    ),
+    result=obj(
+        {
+            "run": string(),
+            "results": {"type": "array", "items": _RESULT},
+            "cursor": integer(0),
+            "done": boolean(),
+            "paused": boolean(),
+            "final": {"type": "object"},
+        },
+        "run",
+        "results",
+        "cursor",
+        "done",
+        "paused",
+    ),
+    c_function=False,
+)
+async def rkllm_get_run_results(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    polled = call.connection.sessions.polled
+    buffer = polled.get(call.connection, params["run"])
+    cursor, most = params.get("cursor", 0), params.get("max", MAX_FETCH)
+    reply = buffer.fetch(cursor, most)
+    wait_ms = params.get("wait_ms", 0)
+    if not reply["results"] and not reply["done"] and wait_ms:
+        with anyio.move_on_after(wait_ms / 1e3):
+            await buffer.wait_beyond(cursor)
+        reply = buffer.fetch(cursor, most)
+    polled.get(call.connection, params["run"])  # fetched now (or unknown if it was closed)
+    return reply
 
 
 async def _arrays(
@@ -207,12 +353,15 @@ async def _arrays(
 
 @REGISTRY.method(
     "rkllm_abort",
-    "Abort the run in progress on the handle (its rkllm_run answers finish_reason abort).",
+    "Abort the run in progress on the handle (its rkllm_run answers finish_reason abort), "
+    "and the handle's rkllm_run_async runs (queued ones too).",
     params=_HANDLE_ONLY,
     result=_EMPTY,
 )
 async def rkllm_abort(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    _entry(call, params).llm.abort()
+    entry = _entry(call, params)
+    call.connection.sessions.polled.abort_handle(entry.id)
+    entry.llm.abort()
     return {}
 
 

@@ -384,9 +384,11 @@ async def serve_http(
 
             tg.start_soon(stop_when_cancelled)
             tg.start_soon(face.sessions.reap_forever)
+            face.sessions.tasks = tg  # drives rkllm_run_async runs
             with anyio.CancelScope(shield=True):
                 await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
     finally:
+        face.sessions.tasks = None
         with anyio.CancelScope(shield=True):
             await face.sessions.close_all()

@@ -4,7 +4,8 @@ HTTP requests come and go on any connection, so a handle cannot die with a conne
 does over TCP. Over HTTP a handle belongs to the *HTTP session* that created it: the API key
 the request carried (none when the server has no key) and the value of the
 ``X-RKLLM-Session`` header (``default`` when absent). Every request of that pair sees the
-session's handles; any other pair gets ``-32602 unknown handle``. A session's handles are
+session's handles (and ``rkllm_run_async`` runs); any other pair gets ``-32602 unknown
+handle``. A session's handles are
 destroyed by ``rkllm_destroy``, or, all of them, once the session has served no request for
 ``idle_timeout_s`` (its runs are aborted first).
 
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
+import anyio.abc
 
 from .outbox import Outbox
 from .sessions import Sessions
@@ -49,8 +51,9 @@ class SessionError(Exception):
 class HttpPeer:
     """One HTTP session: the owner of its handles; the outbox is the current request's."""
 
-    def __init__(self, sessions: Sessions, key: tuple[str, str]) -> None:
-        self.sessions = sessions
+    def __init__(self, parent: HttpSessions, key: tuple[str, str]) -> None:
+        self.parent = parent
+        self.sessions = parent.sessions
         self.key = key
         self.active = 0  # requests in progress
         self.last_used = time.monotonic()
@@ -64,6 +67,11 @@ class HttpPeer:
     def outbox(self, value: Outbox) -> None:
         _REQUEST_OUTBOX.set(value)
 
+    @property
+    def tasks(self) -> anyio.abc.TaskGroup | None:
+        """The HTTP server's task group, which drives the session's async runs."""
+        return self.parent.tasks
+
 
 class HttpSessions:
     """The HTTP sessions of one server; destroys what an idle session holds."""
@@ -73,6 +81,8 @@ class HttpSessions:
         self.idle_timeout_s = idle_timeout_s
         self.max_sessions = max_sessions
         self.peers: dict[tuple[str, str], HttpPeer] = {}
+        #: Drives async runs while the HTTP face serves (set by ``serve_http``).
+        self.tasks: anyio.abc.TaskGroup | None = None
 
     @staticmethod
     def key(api_key: str | None, name: str | None) -> tuple[str, str]:
@@ -101,7 +111,7 @@ class HttpSessions:
         if peer is None:
             if len(self.peers) >= self.max_sessions:
                 raise SessionError("too many HTTP sessions: try again later", status=429)
-            peer = self.peers[key] = HttpPeer(self.sessions, key)
+            peer = self.peers[key] = HttpPeer(self, key)
         token = _REQUEST_OUTBOX.set(outbox)
         peer.active += 1
         try:
@@ -110,7 +120,8 @@ class HttpSessions:
             _REQUEST_OUTBOX.reset(token)
             peer.active -= 1
             peer.last_used = time.monotonic()
-            if not peer.active and not self.sessions.owned(peer):
+            idle = not self.sessions.owned(peer) and not self.sessions.polled.owned(peer)
+            if not peer.active and idle:
                 self.peers.pop(key, None)  # nothing to keep: forget it
 
     async def reap(self) -> int:

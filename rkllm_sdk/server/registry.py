@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+import anyio.abc
 import attrs
 
 from .outbox import Outbox
@@ -31,6 +32,10 @@ class Peer(Protocol):
 
     outbox: Outbox
     sessions: Sessions
+
+    @property
+    def tasks(self) -> anyio.abc.TaskGroup | None:
+        """Where the peer's async runs are driven (None: it cannot start any)."""
 
 
 @attrs.define(eq=False)

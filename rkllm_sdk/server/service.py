@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 #: Runtime functions the proxy does not serve (yet), and why.
-NOT_SERVED = {
-    "rkllm_run_async": "not served yet: rkllm_run streams while other requests are served",
-}
+NOT_SERVED: dict[str, str] = {}
 
 
 @REGISTRY.method(
@@ -164,6 +162,8 @@ class _Collector:
             ("handles", "Live handles.", len(sessions.handles)),
             ("runs", "Runs queued or running.", sessions.runs),
             ("queued_runs", "Runs waiting for their handle.", sessions.queued_runs),
+            ("async_runs", "rkllm_run_async runs remembered.", len(sessions.polled.runs)),
+            ("async_results", "Async run results not yet fetched.", sessions.polled.buffered),
             ("array_bytes", "Client array bytes the runtime may read.", sessions.array_bytes),
             ("draining", "1 while shutting down.", int(sessions.draining)),
         )
@@ -183,7 +183,8 @@ def prometheus_text(sessions: Sessions) -> str:
     - gauges ``rkllm_proxy_generate_tokens_per_second``,
       ``rkllm_proxy_prefill_tokens_per_second``, ``rkllm_proxy_runtime_memory_megabytes``,
       ``rkllm_proxy_connections``, ``rkllm_proxy_handles``, ``rkllm_proxy_runs``,
-      ``rkllm_proxy_queued_runs``, ``rkllm_proxy_array_bytes``, ``rkllm_proxy_draining``.
+      ``rkllm_proxy_queued_runs``, ``rkllm_proxy_async_runs``, ``rkllm_proxy_async_results``,
+      ``rkllm_proxy_array_bytes``, ``rkllm_proxy_draining``.
 
     ``method`` is a registered method's name, ``_unknown`` (method not found) or
     ``_invalid`` (not a request: parse error, invalid request, bad batch).

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..errors import BusyError
 from ..llm import AsyncLLM
 from ..metrics import _rss_mb
 from ..results import PerfStats
+from .polling import Runs
 from .wire import ParamsError
 
 __all__ = ["Entry", "MethodStats", "Metrics", "ServerConfig", "Sessions", "confine"]
@@ -53,6 +54,10 @@ class ServerConfig:
         max_inflight: requests one connection may have in progress (reading pauses).
         outbox_size: messages queued for a slow client before run results coalesce.
         drain_timeout_s: how long SIGTERM waits for runs to finish.
+        run_expiry_s: an async run whose results are not fetched this long is aborted
+            and forgotten.
+        run_buffer: chunks an async run buffers for its client before it pauses.
+        max_async_runs: async runs one connection (or HTTP session) may hold.
     """
 
     runtime: str | None = None
@@ -66,6 +71,9 @@ class ServerConfig:
     max_inflight: int = 64
     outbox_size: int = 256
     drain_timeout_s: float = 30.0
+    run_expiry_s: float = 300.0
+    run_buffer: int = 256
+    max_async_runs: int = 16
 
     @property
     def prompt_cache_dir(self) -> Path:
@@ -195,6 +203,11 @@ class Sessions:
         self.requests = 0
         self.draining = False
         self.metrics = Metrics()
+        self.polled = Runs(
+            expiry_s=config.run_expiry_s,
+            buffer_size=config.run_buffer,
+            max_per_owner=config.max_async_runs,
+        )
 
     def owned(self, owner: object) -> list[Entry]:
         """The handles ``owner`` holds."""
@@ -228,11 +241,13 @@ class Sessions:
     async def destroy(self, entry: Entry) -> None:
         """Abort what runs on the handle, destroy it, forget it (whatever cancels this)."""
         self.handles.pop(entry.id, None)
+        self.polled.abort_handle(entry.id)
         with anyio.CancelScope(shield=True):
             await entry.llm.aclose()
 
     async def close_connection(self, owner: object) -> None:
-        """Abort the runs of ``owner``'s handles and destroy them."""
+        """Cancel ``owner``'s async runs, abort the runs of its handles, destroy them."""
+        self.polled.close_owner(owner)
         entries = self.owned(owner)
         for entry in entries:
             entry.llm.abort()
@@ -246,6 +261,18 @@ class Sessions:
         Raises:
             BusyError: the handle's queue is full, or the server is shutting down.
         """
+        release = self.reserve(entry, array_bytes)
+        try:
+            yield
+        finally:
+            release()
+
+    def reserve(self, entry: Entry, array_bytes: int) -> Callable[[], None]:
+        """Count one run on ``entry`` until the returned function is called (once).
+
+        Raises:
+            BusyError: the handle's queue is full, or the server is shutting down.
+        """
         if self.draining:
             raise BusyError("the server is shutting down")
         if entry.queued >= self.config.max_queued_runs:
@@ -253,12 +280,17 @@ class Sessions:
         entry.queued += 1
         self.runs += 1
         self.run_array_bytes += array_bytes
-        try:
-            yield
-        finally:
-            entry.queued -= 1
-            self.runs -= 1
-            self.run_array_bytes -= array_bytes
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                entry.queued -= 1
+                self.runs -= 1
+                self.run_array_bytes -= array_bytes
+
+        return release
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no run is queued or running (True), or ``timeout_s`` passes (False)."""
@@ -297,6 +329,8 @@ class Sessions:
             "runs": self.runs,
             "queued_runs": self.queued_runs,
             "array_bytes": self.array_bytes,
+            "async_runs": len(self.polled.runs),
+            "async_results": self.polled.buffered,
             "requests": self.requests,
             "draining": self.draining,
             "methods": methods,

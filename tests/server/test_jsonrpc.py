@@ -104,7 +104,7 @@ async def test_positional_params_and_wrong_types_are_invalid_params(inproc: InPr
 
 
 async def test_discover_lists_every_registered_method(inproc: InProcess) -> None:
-    """rpc.discover is an OpenRPC document naming each runtime function but rkllm_run_async."""
+    """rpc.discover is an OpenRPC document naming each runtime function and proxy method."""
     doc = await inproc.ok("rpc.discover")
     names = {m["name"] for m in doc["methods"]}
     assert doc["openrpc"].startswith("1.")
@@ -112,6 +112,8 @@ async def test_discover_lists_every_registered_method(inproc: InProcess) -> None
         "rkllm_createDefaultParam",
         "rkllm_init",
         "rkllm_run",
+        "rkllm_run_async",
+        "rkllm_get_run_results",
         "rkllm_abort",
         "rkllm_is_running",
         "rkllm_destroy",
@@ -131,5 +133,5 @@ async def test_discover_lists_every_registered_method(inproc: InProcess) -> None
     }
     assert names == expected
     functions = await inproc.ok("rkllm_get_functions")
-    assert "rkllm_run_async" in functions["not_served"]
-    assert len(functions["functions"]) == 14
+    assert functions["not_served"] == {}
+    assert len(functions["functions"]) == 15

@@ -238,16 +238,24 @@ async def rkllm_run_async(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     run = _prepare(call, params)
     sessions.polled.check_room(call.connection)
     release = sessions.reserve(run.entry, run.array_bytes)
+    # FIFO among the handle's async runs whatever order their tasks start in: each enters
+    # the handle's queue once the one before has taken the handle (or ended).
+    before, turn = run.entry.async_turn, anyio.Event()
+    run.entry.async_turn = turn
 
     async def drive(buffer: Run) -> dict[str, Any]:
         try:
+            if before is not None:
+                await before.wait()
             if run.mode is not InferMode.GENERATE:
                 return await _arrays(run.entry.llm, run.prompt, run.mode, run.options)
             async with run.entry.llm.stream(run.prompt, **run.options) as s:
+                turn.set()
                 if not await _pump(s, buffer, run.batched):
                     return buffer.aborted_final()  # aborted while paused or queued
             return _final(call, s, run.batched)
         finally:
+            turn.set()
             release()
 
     started = sessions.polled.start(call.connection, run.entry.id, tasks, drive)

@@ -109,6 +109,7 @@ class Entry:
     owner: object
     queued: int = 0
     array_bytes: int = 0  # arrays the runtime keeps reading (cross attention)
+    async_turn: anyio.Event | None = None  # set once the last async run took the handle
 
 
 #: Latencies kept per method for the percentiles (the most recent ones).

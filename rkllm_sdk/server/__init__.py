@@ -14,6 +14,7 @@ Modules, one idea each:
 - ``outbox``: a connection's bounded outgoing queue, coalescing a slow client's results.
 - ``connection``: one client, whatever carries it; cleanup when it leaves.
 - ``sessions``: handle ownership, limits, path confinement (:class:`ServerConfig`).
+- ``polling``: ``rkllm_run_async`` runs' bounded result buffers, read with a cursor; expiry.
 - ``transports``: stdio, TCP and Unix sockets (newline-delimited JSON, anyio).
 - ``http``: ``POST /rpc`` (buffered or Server-Sent Events), ``/ws``, ``/health``,
   ``/metrics`` (Starlette on uvicorn, imported only when ``--http`` is given).

@@ -53,6 +53,12 @@ __all__ = ["HttpConfig", "HttpFace", "bind", "serve_http"]
 
 _JSON = "application/json"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+# One SSE event, as sse-starlette writes it (its separator: CRLF). The data is one line of
+# JSON (:func:`~.outbox.dumps` escapes CR and LF), so one ``data:`` field holds it.
+_RESULT_EVENT = "event: rkllm_result\r\ndata: "
+_EVENT_END = "\r\n\r\n"
+#: The events already queued are gathered into one chunk up to about this many characters.
+_CHUNK_CHARS = 64 * 1024
 
 
 class _BodyTooLargeError(Exception):
@@ -228,14 +234,23 @@ class HttpFace:
                 replies.append(reply)
             outbox.close()
 
-        async def events() -> AsyncIterator[dict[str, str]]:
+        async def events() -> AsyncIterator[bytes]:
+            # Whatever is queued when the writer comes round goes out in one chunk of the
+            # body: several events per write, not one write (and one pass through
+            # sse-starlette, uvicorn and h11) per token. A lone notification is sent alone.
             while True:
                 try:
-                    yield {"event": "rkllm_result", "data": await outbox.get()}
+                    parts = [_RESULT_EVENT, await outbox.get(), _EVENT_END]
                 except anyio.EndOfStream:
                     break
+                size = len(parts[1])
+                while len(outbox) and size < _CHUNK_CHARS:  # ready now: get() won't wait
+                    data = await outbox.get()
+                    parts += (_RESULT_EVENT, data, _EVENT_END)
+                    size += len(data)
+                yield "".join(parts).encode()
             for reply in replies:
-                yield {"event": "response", "data": reply}
+                yield f"event: response\r\ndata: {reply}\r\n\r\n".encode()
 
         return EventSourceResponse(
             events(),
@@ -340,9 +355,18 @@ class _Uvicorn(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    """A listening TCP socket on ``host:port`` (port 0: any free port), Nagle off.
+
+    Every accepted socket gets ``TCP_NODELAY``: asyncio sets it on the sockets it accepts
+    only when the listener's ``proto`` is ``IPPROTO_TCP``, and :func:`socket.create_server`
+    leaves it 0. Without it, a small write (one SSE event, one WebSocket frame) sent while
+    the previous one is unacknowledged waits for the client's delayed ACK, about 40 ms.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, reuse_port=False)
+    sock = socket.create_server((host, port), family=family, reuse_port=False)
+    sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited on Linux too
+    return sock
 
 
 async def serve_http(

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -341,3 +343,21 @@ def test_spawned_http_server_serves_then_exits_0_on_sigterm(
         assert proc.stdout.read() == b""
     assert proc.returncode == 0
     assert b"rkllm_run id=2" in err and b"SIGTERM" in err
+
+
+async def test_bind_turns_nagle_off_on_accepted_sockets() -> None:
+    """Accepted sockets have TCP_NODELAY: no ~40 ms delayed-ACK stall on small writes."""
+    sock = bind("127.0.0.1", 0)
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("socket")
+        accepted.set_result(peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        with anyio.fail_after(DEADLINE_S):
+            assert await accepted != 0
+        writer.close()

@@ -36,10 +36,10 @@ class MessageTooLargeError(Exception):
 class Connection:
     """One client of a :class:`~.jsonrpc.Server` (what handlers see as their ``Peer``)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, *, coalesce: bool = False) -> None:
         self.server = server
         self.sessions = server.sessions
-        self.outbox = Outbox(server.config.outbox_size)
+        self.outbox = Outbox(server.config.outbox_size, coalesce=coalesce)
         #: Drives this connection's async runs while it is served (cancelled when it ends).
         self.tasks: anyio.abc.TaskGroup | None = None
 

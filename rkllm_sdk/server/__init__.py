@@ -9,7 +9,9 @@ Modules, one idea each:
 - ``wire``: arrays as nested lists or typed base64; results as JSON.
 - ``params``: the C structs (``RKLLMParam``, ``RKLLMInput``, ...) as schemas, to models.
 - ``registry``: one entry per method: schemas, handler, the OpenRPC document.
-- ``functions``: the runtime's functions; ``service``: the proxy's own methods.
+- ``functions``: the runtime's handle and run functions; ``configure``: its configuration
+  functions (LoRA, caches, templates, tools, cross attention); ``service``: the proxy's own
+  methods.
 - ``jsonrpc``: JSON-RPC 2.0 and the dispatcher (:class:`Server`), no sockets.
 - ``outbox``: a connection's bounded outgoing queue, coalescing a slow client's results.
 - ``connection``: one client, whatever carries it; cleanup when it leaves.

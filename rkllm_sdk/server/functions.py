@@ -18,16 +18,13 @@ from .. import Chunk, TokenStream, _native
 from ..errors import BusyError
 from ..llm import AsyncLLM
 from ..lowlevel import load_runtime
-from ..models import InferMode, Input, LoraAdapter
+from ..models import InferMode, Input
 from ..options import RunOptions
 from .params import (
-    CROSS_ATTN,
     HANDLE,
     INFER_PARAM,
     INPUT,
-    LORA_ADAPTER,
     RKLLM_PARAM,
-    cross_model,
     input_models,
     param_json,
     param_model,
@@ -41,14 +38,15 @@ from .wire import ParamsError, encode_array, perf_json
 
 __all__: list[str] = []
 
-_HANDLE_ONLY = obj({"handle": HANDLE}, "handle")
-_EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
+HANDLE_ONLY = obj({"handle": HANDLE}, "handle")
+EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
 
 #: rkllm_get_run_results: most results per reply, longest wait.
 MAX_FETCH, MAX_WAIT_MS = 1024, 30_000
 
 
-def _entry(call: Call, params: dict[str, Any]) -> Entry:
+def owned_entry(call: Call, params: dict[str, Any]) -> Entry:
+    """The handle named in ``params``, if this peer owns it (else -32602)."""
     return call.connection.sessions.get(call.connection, params["handle"])
 
 
@@ -89,10 +87,10 @@ async def rkllm_init(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @REGISTRY.method(
-    "rkllm_destroy", "Abort what runs, destroy the handle.", params=_HANDLE_ONLY, result=_EMPTY
+    "rkllm_destroy", "Abort what runs, destroy the handle.", params=HANDLE_ONLY, result=EMPTY
 )
 async def rkllm_destroy(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    await call.connection.sessions.destroy(_entry(call, params))
+    await call.connection.sessions.destroy(owned_entry(call, params))
     return {}
 
 
@@ -155,7 +153,7 @@ class _Prepared:
 
 def _prepare(call: Call, params: dict[str, Any]) -> _Prepared:
     sessions = call.connection.sessions
-    entry = _entry(call, params)
+    entry = owned_entry(call, params)
     inputs = input_models(params["rkllm_input"], "rkllm_input")
     infer = params.get("rkllm_infer_params", {})
     options = _run_options(infer, sessions.config.prompt_cache_dir)
@@ -363,11 +361,11 @@ async def _arrays(
     "rkllm_abort",
     "Abort the run in progress on the handle (its rkllm_run answers finish_reason abort), "
     "and the handle's rkllm_run_async runs (queued ones too).",
-    params=_HANDLE_ONLY,
-    result=_EMPTY,
+    params=HANDLE_ONLY,
+    result=EMPTY,
 )
 async def rkllm_abort(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    entry = _entry(call, params)
+    entry = owned_entry(call, params)
     call.connection.sessions.polled.abort_handle(entry.id)
     entry.llm.abort()
     return {}
@@ -376,166 +374,8 @@ async def rkllm_abort(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 @REGISTRY.method(
     "rkllm_is_running",
     "Whether the runtime reports a task in progress on the handle.",
-    params=_HANDLE_ONLY,
+    params=HANDLE_ONLY,
     result=obj({"is_running": boolean()}),
 )
 async def rkllm_is_running(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    return {"is_running": _entry(call, params).llm.is_running()}
-
-
-@REGISTRY.method(
-    "rkllm_load_lora",
-    "Load a LoRA adapter (path inside --models-dir); runs select it by name.",
-    params=obj({"handle": HANDLE, "lora_adapter": LORA_ADAPTER}, "handle", "lora_adapter"),
-    result=_EMPTY,
-)
-async def rkllm_load_lora(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    entry = _entry(call, params)
-    lora = params["lora_adapter"]
-    where = "lora_adapter.lora_adapter_path"
-    path = confine(lora["lora_adapter_path"], entry_config(call).models_dir, where)
-    try:
-        adapter = LoraAdapter(
-            path=path, name=lora["lora_adapter_name"], scale=lora.get("scale", 1.0)
-        )
-    except ValueError as exc:
-        raise ParamsError("lora_adapter", str(exc)) from None
-    await entry.llm.load_lora(adapter)
-    return {}
-
-
-def entry_config(call: Call) -> Any:
-    """The server's configuration."""
-    return call.connection.sessions.config
-
-
-@REGISTRY.method(
-    "rkllm_load_prompt_cache",
-    "Load a prompt cache (path inside --cache-dir).",
-    params=obj({"handle": HANDLE, "prompt_cache_path": string()}, "handle", "prompt_cache_path"),
-    result=_EMPTY,
-)
-async def rkllm_load_prompt_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    entry = _entry(call, params)
-    path = confine(
-        params["prompt_cache_path"], entry_config(call).prompt_cache_dir, "prompt_cache_path"
-    )
-    await entry.llm.load_prompt_cache(path)
-    return {}
-
-
-@REGISTRY.method(
-    "rkllm_release_prompt_cache",
-    "Release the loaded prompt cache.",
-    params=_HANDLE_ONLY,
-    result=_EMPTY,
-)
-async def rkllm_release_prompt_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    await _entry(call, params).llm.release_prompt_cache()
-    return {}
-
-
-_POSITIONS = nullable({"type": "array", "items": integer(0), "maxItems": 8})
-
-
-@REGISTRY.method(
-    "rkllm_clear_kv_cache",
-    "Clear the KV cache (keeping the system prompt if asked), or [start_pos, end_pos) "
-    "ranges, one per batch entry.",
-    params=obj(
-        {
-            "handle": HANDLE,
-            "keep_system_prompt": boolean(),
-            "start_pos": _POSITIONS,
-            "end_pos": _POSITIONS,
-        },
-        "handle",
-    ),
-    result=_EMPTY,
-)
-async def rkllm_clear_kv_cache(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    entry = _entry(call, params)
-    start, end = params.get("start_pos"), params.get("end_pos")
-    if (start is None) != (end is None) or (start is not None and len(start) != len(end or ())):
-        raise ParamsError("end_pos", "start_pos and end_pos go together, one entry per batch")
-    ranges = list(zip(start, end, strict=True)) if start is not None and end is not None else None
-    await entry.llm.clear_kv_cache(
-        keep_system_prompt=params.get("keep_system_prompt", False), ranges=ranges
-    )
-    return {}
-
-
-@REGISTRY.method(
-    "rkllm_get_kv_cache_size",
-    "Tokens in the KV cache, one count per batch entry.",
-    params=_HANDLE_ONLY,
-    result=obj({"cache_sizes": {"type": "array", "items": integer(0)}}),
-)
-async def rkllm_get_kv_cache_size(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    return {"cache_sizes": await _entry(call, params).llm.kv_cache_size()}
-
-
-@REGISTRY.method(
-    "rkllm_set_chat_template",
-    "Replace the model's chat template.",
-    params=obj(
-        {"handle": HANDLE, "system_prompt": string(), "prefix": string(), "postfix": string()},
-        "handle",
-        "system_prompt",
-        "prefix",
-        "postfix",
-    ),
-    result=_EMPTY,
-)
-async def rkllm_set_chat_template(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    await _entry(call, params).llm.set_chat_template(
-        params["system_prompt"], params["prefix"], params["postfix"]
-    )
-    return {}
-
-
-@REGISTRY.method(
-    "rkllm_set_function_tools",
-    "Give the model OpenAI-format tools (a JSON array, or its text).",
-    params=obj(
-        {
-            "handle": HANDLE,
-            "system_prompt": string(),
-            "tools": {
-                "oneOf": [
-                    string(),
-                    {"type": "array", "items": {"type": "object"}, "maxItems": 256},
-                ]
-            },
-            "tool_response_str": string(max_length=256),
-        },
-        "handle",
-        "system_prompt",
-        "tools",
-    ),
-    result=_EMPTY,
-)
-async def rkllm_set_function_tools(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    await _entry(call, params).llm.set_function_tools(
-        params["system_prompt"], params["tools"], params.get("tool_response_str", "tool_response")
-    )
-    return {}
-
-
-@REGISTRY.method(
-    "rkllm_set_cross_attn_params",
-    "Set (or clear with null) the cross-attention encoder arrays; the handle keeps them.",
-    params=obj({"handle": HANDLE, "cross_attn_params": nullable(CROSS_ATTN)}, "handle"),
-    result=_EMPTY,
-)
-async def rkllm_set_cross_attn_params(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    entry = _entry(call, params)
-    value = params.get("cross_attn_params")
-    cross = cross_model(value, "cross_attn_params") if value is not None else None
-    await entry.llm.set_cross_attention(cross)
-    entry.array_bytes = (
-        sum(a.nbytes for a in (cross.k_cache, cross.v_cache, cross.mask, cross.positions))
-        if cross is not None
-        else 0
-    )
-    return {}
+    return {"is_running": owned_entry(call, params).llm.is_running()}

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from ..errors import RKLLMError, jsonrpc_code
-from . import functions, service  # noqa: F401  # importing them registers the methods
+from . import configure, functions, service  # noqa: F401  # importing them registers the methods
 from .outbox import dumps
 from .registry import REGISTRY, Call, Peer, Registry
 from .schema import validate

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import functions, service  # noqa: F401  # importing them registers the methods
+from . import configure, functions, service  # noqa: F401  # importing them registers the methods
 from .registry import REGISTRY
 
 __all__ = ["PUBLISHED_VERSION", "document"]

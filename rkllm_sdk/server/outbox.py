@@ -37,11 +37,13 @@ def dumps(message: Any) -> str:
 
 
 class _Result:
-    __slots__ = ("params", "run")
+    __slots__ = ("params", "run", "texts")
 
     def __init__(self, run: object, params: dict[str, Any]) -> None:
         self.run = run
         self.params = params
+        # Joined once when sent: appending piece by piece would copy the text each time.
+        self.texts = [params["text"]]
 
     def follows(self, run: object, params: dict[str, Any]) -> bool:
         """Whether ``params`` is a later chunk of the same run and batch entry."""
@@ -49,7 +51,7 @@ class _Result:
 
     def absorb(self, params: dict[str, Any]) -> None:
         """Append a later chunk of the same run and batch entry."""
-        self.params["text"] += params["text"]
+        self.texts.append(params["text"])
         self.params["token_ids"].extend(params["token_ids"])
         self.params["token_id"] = params["token_id"]
 
@@ -114,21 +116,14 @@ class Outbox:
         if isinstance(item, str):
             return item
         items = self._items
-        texts: list[str] = []
         while self._coalesce and items:  # what queued up behind it goes out with it
             nxt = items[0]
             if not isinstance(nxt, _Result) or not nxt.follows(item.run, item.params):
                 break
             items.popleft()
-            # Text joined once below: appending piece by piece would copy it again each time.
-            texts.append(nxt.params["text"])
-            item.params["token_ids"].extend(nxt.params["token_ids"])
-            item.params["token_id"] = nxt.params["token_id"]
+            item.absorb(nxt.params)
             self.merged += 1
-        if texts:
-            item.params["text"] = "".join([item.params["text"], *texts])
         seq = self._seq.get(item.run, 0)
         self._seq[item.run] = seq + 1
-        return dumps(
-            {"jsonrpc": "2.0", "method": "rkllm_result", "params": {**item.params, "seq": seq}}
-        )
+        params = {**item.params, "text": "".join(item.texts), "seq": seq}
+        return dumps({"jsonrpc": "2.0", "method": "rkllm_result", "params": params})

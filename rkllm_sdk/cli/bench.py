@@ -11,7 +11,7 @@ import anyio
 import numpy as np
 
 from .. import TokenInput, doctor
-from ._common import EXIT_INTERRUPTED, EXIT_OK, Target, UsageError, load_model, resolve_target
+from ._common import EXIT_INTERRUPTED, EXIT_OK, Target, load_model, resolve_target
 from ._interrupts import Interrupts, with_interrupts
 from ._output import consoles, print_json, print_notice, rates, runtime_json
 
@@ -130,8 +130,5 @@ async def _bench(args: argparse.Namespace, target: Target, ints: Interrupts) -> 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``rkllm bench``: TTFT, prefill and decode rates and memory over several runs."""
-    for name in ("prompt_tokens", "new_tokens", "runs"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     target = resolve_target(args.runtime, args.model, args.abi)
     return anyio.run(with_interrupts, lambda ints: _bench(args, target, ints))

@@ -48,18 +48,22 @@ _positive_int = _count(INT32_MAX)
 _context_count = _count(MAX_CONTEXT)
 
 
-def _common(p: argparse.ArgumentParser, *, model_help: str) -> None:
-    """``--model``, ``--runtime`` and ``--abi``: every command takes them."""
-    p.add_argument("--model", metavar="PATH", help=model_help)
+def _runtime(p: argparse.ArgumentParser, *, default: str) -> None:
+    """``--runtime`` and ``--abi``; ``default`` says where the runtime comes from without it."""
     p.add_argument(
         "--runtime",
         metavar="PATH|fake",
-        help="librkllmrt.so to load, or 'fake' for the bundled emulator "
-        "(default: RKLLM_RUNTIME, then the system's library)",
+        help=f"librkllmrt.so to load, or 'fake' for the bundled emulator (default: {default})",
     )
     p.add_argument(
         "--abi", choices=["1.2", "1.3"], help="runtime ABI (default: detected from the library)"
     )
+
+
+def _common(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    """``--model``, ``--runtime`` and ``--abi``: every command but ``serve`` takes them."""
+    p.add_argument("--model", metavar="PATH", help=model_help)
+    _runtime(p, default="RKLLM_RUNTIME, then the system's library")
 
 
 def _generation(p: argparse.ArgumentParser) -> None:
@@ -199,14 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir", metavar="DIR", help="prompt caches must lie inside DIR (default: models dir)"
     )
-    p.add_argument(
-        "--runtime",
-        metavar="PATH|fake",
-        help="librkllmrt.so to load, or 'fake' for the bundled emulator "
-        "(default: RKLLM_RUNTIME, then the system's library, then the fake)",
-    )
-    p.add_argument(
-        "--abi", choices=["1.2", "1.3"], help="runtime ABI (default: detected from the library)"
-    )
+    _runtime(p, default="RKLLM_RUNTIME, then the system's library, then the fake")
     p.set_defaults(func=cmd_serve)
     return parser

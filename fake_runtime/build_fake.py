@@ -86,7 +86,8 @@ def build(abi: str, out: Path, *, sanitize: bool = False, extra: list[str] | Non
     return out
 
 
-def _sanitized_executable(abi: str, sources: list[Path], out: Path, sanitizer: str) -> Path:
+def _executable(abi: str, inputs: list[Path], out: Path, flags: list[str]) -> Path:
+    """Compile and link the C ``inputs`` (sources, or a built fake) into the executable ``out``."""
     if abi not in ABIS:
         raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,19 +98,26 @@ def _sanitized_executable(abi: str, sources: list[Path], out: Path, sanitizer: s
         "-g",
         "-pthread",
         *WARNINGS,
-        f"-fsanitize={sanitizer}",
-        *(["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []),
-        "-fno-omit-frame-pointer",
+        *flags,
         f"-DRKLLM_ABI={abi.replace('.', '')}",
         f"-I{HERE / 'include'}",
         f"-I{BRIDGE_DIR}",
-        *map(str, sources),
+        *map(str, inputs),
         "-o",
         str(out),
         "-lm",
     ]
     subprocess.run(cmd, check=True)
     return out
+
+
+def _sanitized_executable(abi: str, sources: list[Path], out: Path, sanitizer: str) -> Path:
+    flags = [
+        f"-fsanitize={sanitizer}",
+        *(["-fno-sanitize-recover=undefined"] if "undefined" in sanitizer else []),
+        "-fno-omit-frame-pointer",
+    ]
+    return _executable(abi, sources, out, flags)
 
 
 def build_stress(abi: str, out: Path, sanitizer: str) -> Path:
@@ -139,26 +147,8 @@ def build_test_program(
         raise ValueError("give exactly one of library and sanitizer")
     if sanitizer is not None:
         return _sanitized_executable(abi, [*SOURCES, source], out, sanitizer)
-    if abi not in ABIS:
-        raise ValueError(f"abi must be one of {ABIS}, not {abi!r}")
     assert library is not None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        *compiler(),
-        "-std=c11",
-        "-O1",
-        "-g",
-        "-pthread",
-        *WARNINGS,
-        f"-DRKLLM_ABI={abi.replace('.', '')}",
-        f"-I{HERE / 'include'}",
-        str(source),
-        str(library),
-        "-o",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True)
-    return out
+    return _executable(abi, [source, library], out, [])
 
 
 def build_bridge_stress(out: Path, sanitizer: str) -> Path:

@@ -44,6 +44,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import metrics
+from ..errors import ERROR_CODES, BusyError
 from .connection import Connection
 from .http_sessions import SESSION_HEADER, HttpSessions, SessionError
 from .jsonrpc import INVALID_REQUEST, Server, error_response
@@ -264,7 +265,7 @@ class HttpFace:
             with self.sessions.request(key, outbox) as peer:
                 return await self.server.handle_text(peer, body)
         except SessionError as exc:
-            return dumps(error_response(None, -32004, str(exc)))
+            return dumps(error_response(None, ERROR_CODES[BusyError].jsonrpc, str(exc)))
 
     # -- /ws ----------------------------------------------------------------------------
 

@@ -63,13 +63,17 @@ class ProbeReport:
         """True when every step ran and nothing hung (differences from the fake are fine)."""
         return not self.hung
 
-    def to_dict(self) -> dict[str, Any]:  # Any: JSON values
-        """The report as JSON-ready data, with counts and where to report it."""
-        counts = {
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many findings match the fake, differ from it, or could not tell."""
+        return {
             "match": sum(f.matches is True for f in self.findings),
             "differ": sum(f.matches is False for f in self.findings),
             "unknown": sum(f.matches is None for f in self.findings),
         }
+
+    def to_dict(self) -> dict[str, Any]:  # Any: JSON values
+        """The report as JSON-ready data, with counts and where to report it."""
         return {
             "runtime": {
                 "path": self.runtime_path,
@@ -79,7 +83,7 @@ class ProbeReport:
             },
             "model": self.model,
             "findings": [f.to_dict() for f in self.findings],
-            "counts": counts,
+            "counts": self.counts,
             "hung": self.hung,
             "ok": self.ok,
             "duration_s": round(self.duration_s, 3),

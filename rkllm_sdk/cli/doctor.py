@@ -80,7 +80,7 @@ def render_probe_header(report: DoctorReport, model: str, out: Console) -> None:
 
 def render_probe_end(report: ProbeReport, out: Console) -> None:
     """The counts, a hang if there was one, and where to report the output."""
-    d = report.to_dict()["counts"]
+    d = report.counts
     out.print(
         f"{len(report.findings)} findings: {d['match']} as the fake, {d['differ']} differ, "
         f"{d['unknown']} unknown ({report.duration_s:.1f} s)"

@@ -207,7 +207,7 @@ static int is_known_role(const char* role) {
 }
 
 /* Checks one input before the run starts; the runtime reads the data itself on its thread. */
-static int check_input(const fake_handle* h, const RKLLMInput* in) {
+static int check_input(const RKLLMInput* in) {
     if (!is_known_role(in->role)) {
         fk_log('E', "rkllm_run: unknown role '%s' (expected \"user\" or \"tool\")", in->role);
         return -1;
@@ -242,7 +242,6 @@ static int check_input(const fake_handle* h, const RKLLMInput* in) {
         fk_log('E', "rkllm_run: unknown input_type %d", (int)in->input_type);
         return -1;
     }
-    (void)h;
     fk_log('E', "rkllm_run: %s input is missing its data or sizes", in->input_type == RKLLM_INPUT_PROMPT ? "prompt"
            : in->input_type == RKLLM_INPUT_TOKEN ? "token" : in->input_type == RKLLM_INPUT_EMBED ? "embed" : "multimodal");
     return -1;
@@ -264,7 +263,7 @@ static int check_run(fake_handle* h, const char* fn, const RKLLMInput* input, co
         return -1;
     }
     for (int b = 0; b < h->n_batch; b++)
-        if (check_input(h, &input[b])) return -1;
+        if (check_input(&input[b])) return -1;
     *lora = NULL;
     if (infer->lora_params) {
         const char* name = infer->lora_params->lora_adapter_name;
@@ -312,10 +311,9 @@ static int start_job(fake_handle* h, const char* fn, run_call* call, RKLLMInput*
                      void* userdata, const lora_entry* lora, int wait) {
     pthread_mutex_lock(&h->mu);
     /* Read under mu: destroy sets quit under mu. */
-    const char* busy = h->quit           ? "the handle is being destroyed"
-                       : call->destroy   ? "the handle is being destroyed"
-                       : h->running      ? "a task is already running on this handle"
-                                         : NULL;
+    const char* busy = h->quit || call->destroy ? "the handle is being destroyed"
+                       : h->running                 ? "a task is already running on this handle"
+                                                    : NULL;
     if (busy) {
         pthread_mutex_unlock(&h->mu);
         fk_log('E', "%s: %s", fn, busy);

@@ -45,7 +45,7 @@ void registry_add(fake_handle* h) {
     atomic_fetch_add(&g_counters.live_handles, 1);
 }
 
-/* Unlists h (no new calls can reach it) and waits until no call is inside it. */
+/* Unlists the handle (no new calls can reach it); registry_wait_unused waits for the calls inside it. */
 int registry_remove(LLMHandle handle, fake_handle** out) {
     pthread_mutex_lock(&g_lock);
     for (size_t k = 0; k < g_n_handles; k++) {

@@ -225,13 +225,12 @@ _CONVERT = "pass the path of a .rkllm model converted for this runtime version"
 
 
 def _path_problem(p: Path) -> Problem | None:
-    convert = _CONVERT
     if p.is_dir():
         return Problem(
-            what=f"model file {p} is a directory", fix=f"pass the model file inside it; {convert}"
+            what=f"model file {p} is a directory", fix=f"pass the model file inside it; {_CONVERT}"
         )
     if not p.is_file():
-        return Problem(what=f"model file {p} does not exist", fix=convert)
+        return Problem(what=f"model file {p} does not exist", fix=_CONVERT)
     if not os.access(p, os.R_OK):
         return Problem(
             what=f"model file {p} is not readable", fix=f"fix its permissions (chmod a+r {p})"
@@ -242,7 +241,6 @@ def _path_problem(p: Path) -> Problem | None:
 
 
 def _content_problem(p: Path, *, fake_runtime: bool) -> Problem | None:
-    convert = _CONVERT
     size = p.stat().st_size
     with p.open("rb") as f:
         head = f.read(min(size, MIN_RKLLM_BYTES))
@@ -256,7 +254,7 @@ def _content_problem(p: Path, *, fake_runtime: bool) -> Problem | None:
         return Problem(
             what=f"model file {p} is JSON but not a fake runtime model "
             f'(no "format": "{FAKE_MODEL_FORMAT}")',
-            fix=f"write fake models with rkllm_sdk.testing.FakeModel; {convert}",
+            fix=f"write fake models with rkllm_sdk.testing.FakeModel; {_CONVERT}",
         )
     if fake_runtime:
         return Problem(
@@ -270,7 +268,7 @@ def _content_problem(p: Path, *, fake_runtime: bool) -> Problem | None:
             what=f"model file {p} is only {size:,} bytes: too small for an .rkllm model (real "
             "ones are hundreds of MB; the format's magic is undocumented, so only the size is "
             "checked)",
-            fix=f"download or convert the model again; {convert}",
+            fix=f"download or convert the model again; {_CONVERT}",
         )
     return None
 

@@ -87,11 +87,9 @@ LLMCallState token_texts(fake_handle* h, batch_run* brs, int nb, long limit) {
     for (int b = 0; b < nb; b++) {
         batch_run* br = &brs[b];
         if (!br->has_token) continue;
-        size_t end = br->emitted;
-        if (!partial && waiting) end = br->sent;
-        else if (!partial) end = complete_prefix(br->reply.data, br->emitted);
+        size_t end = partial ? br->emitted : waiting ? br->sent : complete_prefix(br->reply.data, br->emitted);
         set_text(h, b, br->reply.data + br->sent, end - br->sent);
-        br->sent = partial || !waiting ? br->emitted : br->sent;
+        if (partial || !waiting) br->sent = br->emitted;
     }
     return waiting ? RKLLM_RUN_WAITING : RKLLM_RUN_NORMAL;
 }

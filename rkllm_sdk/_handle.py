@@ -290,7 +290,7 @@ class HandleCore:
     ) -> bool:
         """Put ``owner``'s template / tools in force (the slot is held); False when they are
         already. None for both means the handle's own configuration."""
-        if self.config_owner is owner and (owner is not None or not self._overridden()):
+        if self.config_owner is owner:
             return False
         if template is None and tools is None:
             template, tools = self.own_template, self.own_tools
@@ -312,15 +312,10 @@ class HandleCore:
         self.config_owner = owner
         return True
 
-    def _overridden(self) -> bool:
-        # Plain runs after a session: the session's template or tools are still set.
-        return self.config_owner is not None
-
     async def use_own_configuration(self) -> None:
         """Before a plain run (the slot is held): the handle's own template and tools, and
         the KV cache is no longer any session's."""
-        if self.config_owner is not None:
-            await self.configure(None)
+        await self.configure(None)
         self.history_owner = None
 
     def set_own(self, *, template: Template | None = None, tools: Tools | None = None) -> None:
@@ -371,7 +366,8 @@ class HandleCore:
 
     def abort(self) -> None:
         """Abort the run in progress, if any."""
-        self.native_handle  # noqa: B018  # ClosedError on a closed handle
+        if self._handle is None:
+            raise ClosedError("the model handle is closed")
         if self._current is not None:
             self._current.abort()
 

@@ -386,25 +386,25 @@ class _Collector:
         ttft = SummaryMetricFamily(
             "rkllm_ttft_seconds", "Time to first token of runs with a token.", labels=labels
         )
-        prefill = CounterMetricFamily(
-            "rkllm_prefill_tokens", "Prefill tokens computed.", labels=labels
-        )
-        prefill_s = CounterMetricFamily(
-            "rkllm_prefill_seconds", "Runtime prefill time.", labels=labels
-        )
-        generated = CounterMetricFamily(
-            "rkllm_generated_tokens", "Tokens generated.", labels=labels
-        )
-        generate_s = CounterMetricFamily(
-            "rkllm_generate_seconds", "Runtime decode time.", labels=labels
-        )
-        memory = GaugeMetricFamily(
-            "rkllm_runtime_memory_megabytes", "Runtime peak memory (VmHWM).", labels=labels
-        )
-        queue = GaugeMetricFamily(
-            "rkllm_queue_depth", "Callers waiting for a handle.", labels=labels
-        )
-        active = GaugeMetricFamily("rkllm_active_runs", "Runs in progress.", labels=labels)
+        # One value per label set: (family, name, help, the _Counts field it reads).
+        simple = [
+            (family(name, help_text, labels=labels), field)
+            for family, name, help_text, field in (
+                (CounterMetricFamily, "rkllm_prefill_tokens", "Prefill tokens computed.",
+                 "prefill_tokens"),
+                (CounterMetricFamily, "rkllm_prefill_seconds", "Runtime prefill time.",
+                 "prefill_seconds"),
+                (CounterMetricFamily, "rkllm_generated_tokens", "Tokens generated.",
+                 "generate_tokens"),
+                (CounterMetricFamily, "rkllm_generate_seconds", "Runtime decode time.",
+                 "generate_seconds"),
+                (GaugeMetricFamily, "rkllm_runtime_memory_megabytes",
+                 "Runtime peak memory (VmHWM).", "memory_mb"),
+                (GaugeMetricFamily, "rkllm_queue_depth", "Callers waiting for a handle.",
+                 "queued"),
+                (GaugeMetricFamily, "rkllm_active_runs", "Runs in progress.", "active"),
+            )
+        ]  # fmt: skip
         for (model, abi), c in sorted(_groups().items()):
             values = [model, abi]
             calls.add_metric([*values, "ok"], c.ok)
@@ -412,15 +412,10 @@ class _Collector:
                 calls.add_metric([*values, error], count)
             run.add_metric(values, c.ok + sum(c.failures.values()), c.run_seconds)
             ttft.add_metric(values, c.ttft_count, c.ttft_seconds)
-            prefill.add_metric(values, c.prefill_tokens)
-            prefill_s.add_metric(values, c.prefill_seconds)
-            generated.add_metric(values, c.generate_tokens)
-            generate_s.add_metric(values, c.generate_seconds)
-            memory.add_metric(values, c.memory_mb)
-            queue.add_metric(values, c.queued)
-            active.add_metric(values, c.active)
-        yield from (calls, run, ttft, prefill, prefill_s, generated, generate_s)
-        yield from (memory, queue, active)
+            for metric, field in simple:
+                metric.add_metric(values, getattr(c, field))
+        yield from (calls, run, ttft)
+        yield from (metric for metric, _ in simple)
         yield GaugeMetricFamily(
             "rkllm_process_resident_megabytes", "Resident memory of this process.", _rss_mb()
         )

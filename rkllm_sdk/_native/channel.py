@@ -28,22 +28,23 @@ def _floats(rt: Runtime, ptr: CData, rows: int, cols: int) -> FloatArray | None:
     return view.reshape(rows, cols).copy()  # the runtime frees its buffer after the callback
 
 
+def _perf(p: CData) -> PerfStats:  # an RKLLMPerfStat
+    return PerfStats(
+        prefill_time_ms=float(p.prefill_time_ms),
+        prefill_tokens=int(p.prefill_tokens),
+        generate_time_ms=float(p.generate_time_ms),
+        generate_tokens=int(p.generate_tokens),
+        memory_usage_mb=float(p.memory_usage_mb),
+    )
+
+
 def read_results(rt: Runtime, result: CData, n_batch: int, state: CallState) -> list[Result]:
     """Copy the ``n_batch`` entries of an ``RKLLMResult*`` inside its callback."""
     out = []
     terminal = state in (CallState.FINISH, CallState.ERROR)
     for b in range(n_batch):
         r = result[b]
-        perf = None
-        if terminal:
-            p = r.perf
-            perf = PerfStats(
-                prefill_time_ms=float(p.prefill_time_ms),
-                prefill_tokens=int(p.prefill_tokens),
-                generate_time_ms=float(p.generate_time_ms),
-                generate_tokens=int(p.generate_tokens),
-                memory_usage_mb=float(p.memory_usage_mb),
-            )
+        perf = _perf(r.perf) if terminal else None
         text = rt.ffi.string(r.text) if r.text != rt.ffi.NULL else None
         out.append(
             Result(
@@ -178,19 +179,7 @@ class Channel:
                 row = table[idx]
                 pointer = ffi.cast("float*", int(row["array"]))
                 arrays[idx] = self._owned_rows(pointer, int(row["rows"]), int(row["cols"]))
-        perf = []
-        if page.finished:
-            for b in range(self.n_batch):
-                p = page.perf[b]
-                perf.append(
-                    PerfStats(
-                        prefill_time_ms=float(p.prefill_time_ms),
-                        prefill_tokens=int(p.prefill_tokens),
-                        generate_time_ms=float(p.generate_time_ms),
-                        generate_tokens=int(p.generate_tokens),
-                        memory_usage_mb=float(p.memory_usage_mb),
-                    )
-                )
+        perf = [_perf(page.perf[b]) for b in range(self.n_batch)] if page.finished else []
         return Drained(
             states,
             batches,

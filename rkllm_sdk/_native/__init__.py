@@ -18,7 +18,7 @@ Contract of this boundary package:
 Modules: ``params`` (``RKLLMParam``), ``handle`` (init / destroy), ``inputs`` (a run's C
 structs), ``calls`` (everything else on a handle), ``channel`` (the bridge's channel),
 ``callbacks`` (1.3 tokenizer / embedder), ``fake`` (fake-only symbols), ``probe`` (the
-model's embedding width, learned once per handle).
+model's embedding width, learned once per handle; the KV cache size it checks first).
 
 cdata values are typed :data:`~rkllm_sdk._ffi.protocols.CData` (``Any``: their fields are
 dynamic); ``lib`` / ``ffi`` / ``bridge`` calls go through typed faces (``_ffi.protocols``).
@@ -33,7 +33,6 @@ from .calls import (
     abort,
     clear_kv_cache,
     is_running,
-    kv_cache_size,
     load_lora,
     load_prompt_cache,
     print_memorys,
@@ -51,7 +50,7 @@ from .fake import fake_last_input, fake_stats
 from .handle import NativeHandle, destroy, init
 from .inputs import RunKeepalive, prepare_run
 from .params import default_params, merge_params
-from .probe import embed_width, needs_embed_width
+from .probe import embed_width, kv_cache_size, needs_embed_width
 
 __all__ = [
     "Channel",

@@ -21,7 +21,6 @@ __all__ = [
     "abort",
     "clear_kv_cache",
     "is_running",
-    "kv_cache_size",
     "load_lora",
     "load_prompt_cache",
     "print_memorys",
@@ -193,13 +192,6 @@ def _index(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         return None
     return int(value)
-
-
-def kv_cache_size(h: NativeHandle) -> list[int]:
-    """``rkllm_get_kv_cache_size``: tokens in the KV cache, one count per batch."""
-    sizes = h.runtime.ffi.new("int[]", h.n_batch)
-    check("rkllm_get_kv_cache_size", h.runtime.lib.rkllm_get_kv_cache_size(h.ptr(), sizes))
-    return [int(n) for n in sizes]
 
 
 def load_lora(h: NativeHandle, adapter: LoraAdapter) -> None:

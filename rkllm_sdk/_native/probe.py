@@ -27,7 +27,7 @@ from .channel import Channel, userdata_for
 from .handle import NativeHandle
 from .inputs import embedding_arrays, prepare_run
 
-__all__ = ["embed_width", "needs_embed_width"]
+__all__ = ["embed_width", "kv_cache_size", "needs_embed_width"]
 
 
 def needs_embed_width(inputs: Input | Sequence[Input]) -> bool:
@@ -40,7 +40,8 @@ def needs_embed_width(inputs: Input | Sequence[Input]) -> bool:
     return bool(embedding_arrays(inputs))
 
 
-def _cache_sizes(h: NativeHandle) -> list[int]:
+def kv_cache_size(h: NativeHandle) -> list[int]:
+    """``rkllm_get_kv_cache_size``: tokens in the KV cache, one count per batch."""
     sizes = h.runtime.ffi.new("int[]", h.n_batch)
     check("rkllm_get_kv_cache_size", h.runtime.lib.rkllm_get_kv_cache_size(h.ptr(), sizes))
     return [int(n) for n in sizes]
@@ -67,7 +68,7 @@ def embed_width(h: NativeHandle, *, cache_disposable: bool = False) -> int:
     """
     if h.embed_width is not None:
         return h.embed_width
-    held = _cache_sizes(h)
+    held = kv_cache_size(h)
     if any(held) and not cache_disposable:
         raise InvalidParamsError(
             f"the model's embedding width is not known yet; the SDK learns it once per handle "

@@ -65,8 +65,6 @@ def read_results(rt: Runtime, result: CData, n_batch: int, state: CallState) -> 
 
 # ---- the C bridge's channel --------------------------------------------------------------
 
-FloatRows = FloatArray
-
 
 class Drained(NamedTuple):
     """What one drain of a channel gave, as parallel columns (one entry per event)."""
@@ -75,7 +73,7 @@ class Drained(NamedTuple):
     batches: list[int]
     token_ids: list[int]
     texts: list[bytes | None]  # None: the runtime gave NULL text
-    arrays: dict[int, FloatRows]  # event index -> logits / hidden rows copied by the bridge
+    arrays: dict[int, FloatArray]  # event index -> logits / hidden rows copied by the bridge
     callback_ns: list[int]  # time.monotonic_ns() clock when each callback ran
     finished: bool  # the terminal callback has been drained
     run_done: bool  # rkllm_run returned (the runtime is done with every buffer)
@@ -143,7 +141,7 @@ class Channel:
         batches: list[int] = []
         tokens: list[int] = []
         texts: list[bytes | None] = []
-        arrays: dict[int, FloatRows] = {}
+        arrays: dict[int, FloatArray] = {}
         stamps: list[int] = []
         if 0 < n <= _FEW_EVENTS:
             # A consumer keeping up (a paced NPU) wakes for one or two events: reading them
@@ -193,7 +191,7 @@ class Channel:
             perf,
         )
 
-    def _owned_rows(self, pointer: CData, rows: int, cols: int) -> FloatRows:
+    def _owned_rows(self, pointer: CData, rows: int, cols: int) -> FloatArray:
         # The bridge malloc'ed this copy for us: numpy owns it now (freed with it).
         owned = self._ffi.gc(pointer, self._bridge.rkb_free)
         raw = memoryview(self._ffi.buffer(owned, 4 * rows * cols))

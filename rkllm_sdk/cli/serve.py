@@ -160,8 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         target = None
     if target is not None:
         runtime = target.runtime
-        if target.notice:
-            _log(target.notice.replace("its demo model", "its demo model (demo-model.json)"))
+        if target.notice:  # serve's own words: it takes --models-dir, not --model
+            found = (
+                "fake runtime" if args.runtime else "no RKLLM runtime found: bundled fake runtime"
+            )
+            hint = "" if args.runtime else "; pass --runtime and --models-dir for a real one"
+            _log(f"{found} (no NPU involved{hint}); its demo model is demo-model.json")
         if models_dir is None and runtime == "fake" and args.runtime is None:
             models_dir = target.model.parent
     config = ServerConfig(

@@ -106,8 +106,7 @@ async def _serve(server: Server, args: argparse.Namespace, key: str | None) -> N
         if http:
             from ..server.http import serve_http  # noqa: PLC0415
 
-            for face, sock in http:
-                tg.start_soon(serve_http, face, sock)
+            tg.start_soon(serve_http, http[0][0], [sock for _, sock in http])
         for spec in args.tcp or ():
             host, port = parse_hostport(spec)
             listener = await open_tcp(host, port)

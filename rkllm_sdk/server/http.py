@@ -29,7 +29,8 @@ import hmac
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import anyio
@@ -40,7 +41,7 @@ from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import metrics
@@ -106,6 +107,11 @@ class HttpFace:
         self.sessions = HttpSessions(
             server.sessions, self.config.idle_timeout_s, self.config.max_sessions
         )
+        #: What other faces added (:meth:`add`): entered by :func:`serve_http` around
+        #: uvicorn, left after it stops (their own background tasks, session managers).
+        self.lifespans: list[Callable[[], AbstractAsyncContextManager[object]]] = []
+        #: Extra Prometheus text renderers (each returns whole lines) for ``/metrics``.
+        self.metric_texts: list[Callable[[], str]] = []
         self.app = Starlette(
             routes=[
                 Route("/rpc", self.rpc, methods=["POST"]),
@@ -114,6 +120,30 @@ class HttpFace:
                 WebSocketRoute("/ws", self.websocket),
             ]
         )
+
+    def add(
+        self,
+        routes: Sequence[BaseRoute],
+        *,
+        lifespan: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+        metrics_text: Callable[[], str] | None = None,
+    ) -> None:
+        """Serve more routes on this port (the OpenAI, Ollama and MCP faces).
+
+        Args:
+            routes: Starlette routes, mounted after the proxy's own.
+            lifespan: entered before uvicorn starts serving, left after it stops.
+            metrics_text: more Prometheus text for ``GET /metrics``.
+        """
+        self.app.router.routes.extend(routes)
+        if lifespan is not None:
+            self.lifespans.append(lifespan)
+        if metrics_text is not None:
+            self.metric_texts.append(metrics_text)
+
+    def authorized(self, headers: Any) -> bool:
+        """Whether ``headers`` carry the API key (always, when there is none)."""
+        return self._authorized(headers)
 
     def _log(self, line: str) -> None:
         if self.log is not None:
@@ -155,6 +185,7 @@ class HttpFace:
             return self._refuse("GET /metrics")
         # The SDK's per-model series, then the proxy's own (rkllm_proxy_*): no name clashes.
         parts = [metrics.render_prometheus(), self.server.prometheus_text()]
+        parts += [render() for render in self.metric_texts]
         self._log("http GET /metrics 200")
         return Response(
             "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts),
@@ -371,9 +402,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve_http(
-    face: HttpFace, sock: socket.socket, *, started: Callable[[], Awaitable[None]] | None = None
+    face: HttpFace,
+    sock: socket.socket | Sequence[socket.socket],
+    *,
+    started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve ``face`` on ``sock`` with uvicorn in this event loop, until cancelled.
+    """Serve ``face`` on ``sock`` (one or several listening sockets) with uvicorn in this
+    event loop, until cancelled. Call it once per face: it enters the face's lifespans.
 
     Cancellation stops uvicorn gracefully (listeners closed, connections ended, at most
     3 s), then destroys the handles of every HTTP session.
@@ -394,8 +429,11 @@ async def serve_http(
         server_header=False,
     )
     server = _Uvicorn(config)
+    socks = [sock] if isinstance(sock, socket.socket) else list(sock)
     try:
-        async with anyio.create_task_group() as tg:
+        async with AsyncExitStack() as faces, anyio.create_task_group() as tg:
+            for lifespan in face.lifespans:
+                await faces.enter_async_context(lifespan())
 
             async def stop_when_cancelled() -> None:
                 try:
@@ -411,7 +449,7 @@ async def serve_http(
             tg.start_soon(face.sessions.reap_forever)
             face.sessions.tasks = tg  # drives rkllm_run_async runs
             with anyio.CancelScope(shield=True):
-                await server.serve(sockets=[sock])
+                await server.serve(sockets=socks)
             tg.cancel_scope.cancel()
     finally:
         face.sessions.tasks = None

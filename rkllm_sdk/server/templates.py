@@ -318,9 +318,6 @@ def _chatml(default_system: str | None) -> str:
 {%- elif message.role == 'user' or message.role == 'system' %}
 {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
 {%- elif message.role == 'assistant' %}
-{%- if '</think>' in content %}
-{%- set content = content.split('</think>')[-1].lstrip('\n') %}
-{%- endif %}
 {{- '<|im_start|>assistant\n' + content }}
 """
         + _TOOL_CALLS
@@ -445,6 +442,8 @@ _LLAMA3 = (
 """
     + _CONTENT
     + r"""
+{#- Meta's template JSON-quotes a string result (a string "is iterable"); Meta's docs and the
+    models show it bare, as here. #}
 {%- if message.role == 'tool' or message.role == 'ipython' %}
 {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + content + '<|eot_id|>' }}
 {%- elif message.role == 'assistant' and message.tool_calls %}

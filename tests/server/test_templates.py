@@ -683,3 +683,27 @@ def test_rendering_leaves_the_callers_messages_alone() -> None:
     for template in BUILTIN_TEMPLATES.values():
         template.render(messages, tools=[WEATHER_TOOL], date_string="x")
     assert json.dumps(messages) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "extends"),
+    [
+        ("qwen2.5", True),
+        ("llama3", True),
+        ("gemma", True),
+        ("phi3", True),
+        ("minicpm", True),
+        # These drop the reasoning of earlier turns, so the next prompt rewrites the reply.
+        ("qwen3", False),
+        ("deepseek-r1", False),
+    ],
+)
+def test_a_reply_extends_the_prompt(name: str, extends: bool) -> None:
+    """Prompt + reply + end-of-turn string is a prefix of the next turn's prompt (what KV
+    cache reuse relies on) for the families that keep assistant turns as generated."""
+    template = BUILTIN_TEMPLATES[name]
+    first = template.render(CHAT[:2], date_string="x")
+    reply = "<think>\nhm\n</think>\n\nHello!" if template.think_tags else "Hello!"
+    history = [*CHAT[:2], {"role": "assistant", "content": reply}, CHAT[3]]
+    nxt = template.render(history, date_string="x")
+    assert nxt.startswith(first + reply + template.stop[0]) is extends

@@ -34,7 +34,14 @@ Families whose published template has no tool format (DeepSeek-R1 distills, Gemm
 MiniCPM) get Qwen's: the ``# Tools`` block in the system text (Gemma: the first user turn),
 ``<tool_call>`` JSON for calls (what :func:`rkllm_sdk.tools.parse_tool_calls` reads back)
 and ``<tool_response>`` blocks in a user turn for results. Without tools their output is
-the published one.
+the published one, with these deliberate differences: DeepSeek-R1 joins all system
+messages (as DeepSeek's later templates do; the distills' keeps the last one) and closes
+the think block when ``enable_thinking`` is ``False``; Llama renders several calls of one
+turn one per line (Meta's template refuses them) and a string tool result bare (Meta's
+JSON-quotes it); a role no template knows is a :class:`TemplateError` everywhere.
+
+:meth:`ChatTemplate.starts_thinking` tells whether a rendered prompt left a think block
+open (DeepSeek-R1), so the reply's first tokens are reasoning.
 
 How :func:`load_template` chooses:
 
@@ -684,7 +691,7 @@ _GUESSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), name)
     for pattern, name in (
         (r"deepseek[-_ ]?r1|r1[-_ ]?distill", "deepseek-r1"),
-        (r"qwen[-_ ]?3(?![.\d])", "qwen3"),
+        (r"qwen[-_ ]?3(?![\db])", "qwen3"),  # not "qwen-3b" (a size)
         (r"qwen", "qwen2.5"),
         (r"llama[-_ ]?3", "llama3"),
         (r"gemma", "gemma"),

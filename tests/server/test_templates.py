@@ -533,6 +533,8 @@ def test_builtin_names_and_aliases(spec: str, name: str, tmp_path: Path) -> None
     [
         ("Qwen3-1.7B-w8a8.rkllm", "qwen3"),
         ("qwen3_4b.rkllm", "qwen3"),
+        ("Qwen3.5-2B.rkllm", "qwen3"),
+        ("qwen-3b-chat.rkllm", "qwen2.5"),
         ("Qwen2.5-3B-Instruct_W8A8_RK3588.rkllm", "qwen2.5"),
         ("qwen2-1.5b.rkllm", "qwen2.5"),
         ("DeepSeek-R1-Distill-Qwen-1.5B_W8A8.rkllm", "deepseek-r1"),

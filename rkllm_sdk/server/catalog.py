@@ -79,7 +79,8 @@ FAKE_FORMAT = "rkllm-fake/1"
 #: Fake model files larger than this are not read while scanning (the fake refuses them).
 _FAKE_MAX_BYTES = 1024 * 1024
 #: A name an operator may give: Ollama-style ``[namespace/]model[:tag]``.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_NAME = re.compile(rf"{_PART}(/{_PART})*(:{_PART})?")
 #: Option keys of ``--model`` that are not init parameters.
 _TEMPLATE_KEY = "template"
 
@@ -512,8 +513,10 @@ class ModelCatalog:
         if slot.loaded is not None and slot.keep_alive_s >= 0:
             now = time.monotonic()
             start = now if slot.busy else slot.idle_since
-            remaining = start + slot.keep_alive_s - now
-            expires_at = datetime.now(UTC) + timedelta(seconds=remaining)
+            try:
+                expires_at = datetime.now(UTC) + timedelta(seconds=start + slot.keep_alive_s - now)
+            except OverflowError:  # beyond year 9999 (or infinite): as good as forever
+                expires_at = None
         return ModelInfo(
             name=slot.spec.name,
             path=slot.spec.path,
@@ -552,6 +555,7 @@ class ModelCatalog:
             ModelNotFoundError: no such model.
             QueueFullError: ``max_queue`` requests already wait for it (raised at once).
             ClosedError: the catalog is closing.
+            ValueError: ``keep_alive_s`` is NaN.
             RuntimeNotFoundError, ModelLoadError, InvalidParamsError, TemplateError: the
                 load failed (the next request tries again).
 
@@ -559,6 +563,8 @@ class ModelCatalog:
         ...     text = (await loaded.llm.generate(prompt)).text
         """
         slot = self._slot(name)
+        if keep_alive_s is not None and math.isnan(keep_alive_s):
+            raise ValueError("keep_alive_s must be a number of seconds, got nan")
         seq = next(self._seq)
         await self._take_turn(slot, seq)
         started = time.monotonic()
@@ -658,9 +664,11 @@ class ModelCatalog:
         async with self._load_lock:
             if self._closed:
                 raise ClosedError("the model catalog is closed")
+            await self._make_room(seq)
+            if self._closed:
+                raise ClosedError("the model catalog is closed")
             slot.loading = True
             try:
-                await self._make_room(seq)
                 slot.loaded = await self._load(slot.spec)
                 slot.counters.loads += 1
             except Exception as exc:

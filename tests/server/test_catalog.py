@@ -131,6 +131,9 @@ def test_parse_model_option_names_paths_and_options() -> None:
         ("qwen3=", "path is empty"),
         ("=/m/q.rkllm", "bad model name ''"),
         ("has space=/m/q.rkllm", "bad model name 'has space'"),
+        ("ns/=/m/q.rkllm", "bad model name 'ns/'"),
+        ("q:=/m/q.rkllm", "bad model name 'q:'"),
+        ("q:a:b=/m/q.rkllm", "bad model name 'q:a:b'"),
         ("q=/m/q.rkllm,context=4096", "unknown option 'context'"),
         ("q=/m/q.rkllm,n_keep", "expected option=value, got 'n_keep'"),
         ("q=/m/q.rkllm,n_keep=1,n_keep=2", "option 'n_keep' given twice"),
@@ -251,7 +254,8 @@ async def test_a_model_loads_on_first_use_and_is_reused(
     the runtime's own template off: the runtime receives the text exactly); later uses get
     the same handle."""
     baseline = live_handles(abi)
-    catalog = catalog_of(specs, abi)
+    lines: list[str] = []
+    catalog = catalog_of(specs, abi, log=lines.append)
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan():
             assert loaded_names(catalog) == [] and live_handles(abi) == baseline
@@ -271,6 +275,10 @@ async def test_a_model_loads_on_first_use_and_is_reused(
             counters = catalog.counters("a")
             assert (counters.loads, counters.requests, counters.running) == (1, 2, 0)
         assert live_handles(abi) == baseline
+    assert [line.split(" in ")[0] for line in lines] == [
+        "loaded a:latest",
+        "unloaded a:latest (closing)",
+    ]
 
 
 async def test_a_failed_load_then_a_good_one(specs: dict[str, ModelSpec], abi: str) -> None:
@@ -278,7 +286,8 @@ async def test_a_failed_load_then_a_good_one(specs: dict[str, ModelSpec], abi: s
     usable: the next request for it tries again, other models load."""
     baseline = live_handles(abi)
     missing = ModelSpec(name="missing:latest", path=specs["a"].path.with_name("none.json"))
-    catalog = ModelCatalog([*specs.values(), missing], runtime="fake", abi=abi)
+    lines: list[str] = []
+    catalog = ModelCatalog([*specs.values(), missing], runtime="fake", abi=abi, log=lines.append)
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan():
             for name in ("bad", "bad", "missing"):
@@ -291,6 +300,7 @@ async def test_a_failed_load_then_a_good_one(specs: dict[str, ModelSpec], abi: s
                 assert (await loaded.llm.generate("Hello")).text == "Hi from a!"
             assert loaded_names(catalog) == ["a:latest"]
         assert live_handles(abi) == baseline
+    assert lines[0].startswith("loading bad:latest failed: ModelLoadError: ")
 
 
 # ---- turns and queues ---------------------------------------------------------------------
@@ -606,6 +616,26 @@ async def test_keep_alive_seconds_expire_through_the_reaper(
             assert catalog.counters("a").unloads == 2
 
 
+async def test_a_keep_alive_beyond_the_calendar_is_forever(
+    specs: dict[str, ModelSpec], abi: str
+) -> None:
+    """An infinite or astronomically long keep-alive keeps the model loaded with no expiry
+    shown; NaN is refused before the request waits."""
+    catalog = catalog_of(specs, abi, reap_interval_s=0.005)
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            for keep in (math.inf, 1e15):
+                async with catalog.use("a", keep_alive_s=keep):
+                    assert catalog.models()[0].expires_at is None
+                await anyio.sleep(0.02)
+                info = catalog.models()[0]
+                assert info.loaded and info.expires_at is None
+            with pytest.raises(ValueError, match="nan"):
+                async with catalog.use("a", keep_alive_s=math.nan):
+                    pass
+            assert catalog.counters("a").requests == 2
+
+
 async def test_unload_now_or_when_the_request_ends(specs: dict[str, ModelSpec], abi: str) -> None:
     """unload() of an idle model destroys its handle now; of a model in use, when its
     request ends; of a model not loaded, nothing."""
@@ -689,6 +719,40 @@ async def test_metrics_text_counts_exactly(specs: dict[str, ModelSpec], abi: str
         got = tuple(after[(name, m)] for m in ("a:latest", "b:latest", "bad:latest"))
         assert got == values, name
     assert after[("rkllm_api_loaded_models", None)] == 1
+
+
+async def test_closing_fails_a_swap_waiting_for_a_busy_model(
+    specs: dict[str, ModelSpec], abi: str
+) -> None:
+    """A request waiting to swap its model in when the catalog closes gets ClosedError and
+    loads nothing; the busy model's handle is destroyed under its request."""
+    baseline = live_handles(abi)
+    catalog = catalog_of(specs, abi, max_loaded=1)
+    order: list[str] = []
+    errors: list[BaseException] = []
+    release = anyio.Event()
+
+    async def swapper() -> None:
+        try:
+            async with catalog.use("b"):
+                order.append("b")
+        except ClosedError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(DEADLINE_S):
+        async with anyio.create_task_group() as tg:
+            async with catalog.lifespan():
+                tg.start_soon(hold, catalog, "a", "a", order, release)
+                await wait_for(lambda: order == ["a"])
+                tg.start_soon(swapper)
+                await wait_for(lambda: catalog.counters("b").running == 1)
+                await settle()
+            await wait_for(lambda: len(errors) == 1)
+            assert live_handles(abi) == baseline and not catalog.loading
+            release.set()
+        assert order == ["a"]
+        assert [catalog.counters(n).loads for n in ("a", "b")] == [1, 0]
+        assert live_handles(abi) == baseline
 
 
 async def test_lifespan_exit_unloads_everything(specs: dict[str, ModelSpec], abi: str) -> None:

@@ -454,6 +454,8 @@ class ModelCatalog:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be at least 0, got {max_queue}")
+        if math.isnan(keep_alive_s):
+            raise ValueError("keep_alive_s must be a number of seconds, got nan")
         if not reap_interval_s > 0:
             raise ValueError(f"reap_interval_s must be > 0, got {reap_interval_s}")
         self._slots: dict[str, _Slot] = {}
@@ -647,13 +649,15 @@ class ModelCatalog:
         slot.counters.busy_seconds += now - started
         slot.turns_ended += 1
         slot.idle_since = now
-        if slot.loaded is not None:
-            slot.loaded.last_used = now
-            if slot.keep_alive_s == 0 and not slot.waiters:
-                await self._close_handle(slot, "keep_alive 0")
-        slot.busy = False
-        self._dispatch()
-        self._notify()
+        try:
+            if slot.loaded is not None:
+                slot.loaded.last_used = now
+                if slot.keep_alive_s == 0 and not slot.waiters:
+                    await self._close_handle(slot, "keep_alive 0")
+        finally:
+            slot.busy = False
+            self._dispatch()
+            self._notify()
 
     # ---- loading and unloading -------------------------------------------------------------
 
@@ -778,7 +782,10 @@ class ModelCatalog:
             await anyio.sleep(self.reap_interval_s)
             for slot in list(self._expired(time.monotonic())):
                 if not slot.busy and slot.loaded is not None:
-                    await self._unload_idle(slot, "keep-alive expired")
+                    try:
+                        await self._unload_idle(slot, "keep-alive expired")
+                    except Exception as exc:  # the reaper carries on; the server too
+                        self._log(f"unloading {slot.spec.name} failed: {exc!r}")
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:

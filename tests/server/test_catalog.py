@@ -17,7 +17,7 @@ import anyio.lowlevel
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rkllm_sdk import ExtendParams, ModelParams
+from rkllm_sdk import AsyncLLM, ExtendParams, ModelParams
 from rkllm_sdk.errors import ClosedError, ModelLoadError
 from rkllm_sdk.server.catalog import (
     Loaded,
@@ -206,11 +206,17 @@ def test_resolve_with_and_without_a_tag(specs: dict[str, ModelSpec]) -> None:
 
 
 def test_catalog_refuses_duplicate_names_and_bad_limits(specs: dict[str, ModelSpec]) -> None:
-    """Two specs of one name, max_loaded < 1, max_queue < 0 or a reap interval of 0 are
-    ValueError."""
+    """Two specs of one name, max_loaded < 1, max_queue < 0, a reap interval of 0 or a NaN
+    keep-alive are ValueError."""
     with pytest.raises(ValueError, match="configured twice"):
         ModelCatalog([specs["a"], specs["a"]], runtime="fake", abi=None)
-    for bad in ({"max_loaded": 0}, {"max_queue": -1}, {"reap_interval_s": 0.0}):
+    bad_options: list[dict[str, Any]] = [
+        {"max_loaded": 0},
+        {"max_queue": -1},
+        {"reap_interval_s": 0.0},
+        {"keep_alive_s": math.nan},
+    ]
+    for bad in bad_options:
         with pytest.raises(ValueError, match="must be"):
             ModelCatalog([], runtime="fake", abi=None, **bad)
 
@@ -460,6 +466,71 @@ async def test_a_load_cancelled_midway_leaves_no_handle(
         assert live_handles(abi) == baseline
 
 
+@pytest.fixture
+def load_gate(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """Loads pause after the handle is made, before the runtime's template is switched
+    off, until the returned event is set."""
+    gate = anyio.Event()
+    original = AsyncLLM.set_chat_template
+
+    async def gated(self: AsyncLLM, system_prompt: str, prefix: str, postfix: str) -> None:
+        await gate.wait()
+        await original(self, system_prompt, prefix, postfix)
+
+    monkeypatch.setattr(AsyncLLM, "set_chat_template", gated)
+    return gate
+
+
+async def test_loading_is_visible_and_happens_once(
+    specs: dict[str, ModelSpec], abi: str, load_gate: anyio.Event
+) -> None:
+    """While a model loads, loading is true and ready false (models() says which); a second
+    request for it waits instead of loading it again."""
+    baseline = live_handles(abi)
+    catalog = catalog_of(specs, abi)
+    order: list[str] = []
+    release = anyio.Event()
+    release.set()
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            assert catalog.ready and not catalog.loading
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold, catalog, "a", "first", order, release)
+                await wait_for(lambda: live_handles(abi) == baseline + 1)
+                tg.start_soon(hold, catalog, "a", "second", order, release)
+                await wait_for(lambda: catalog.counters("a").queued == 1)
+                assert catalog.loading and not catalog.ready
+                first = catalog.models()[0]
+                assert (first.name, first.loading, first.loaded) == ("a:latest", True, False)
+                load_gate.set()
+            assert order == ["first", "second"] and catalog.ready
+            assert catalog.counters("a").loads == 1 and live_handles(abi) == baseline + 1
+        assert live_handles(abi) == baseline
+
+
+async def test_a_request_cancelled_after_the_handle_is_made_destroys_it(
+    specs: dict[str, ModelSpec], abi: str, load_gate: anyio.Event
+) -> None:
+    """Cancelled between making the handle and finishing the load, the request destroys
+    the handle: the fake counts none, and the next request loads afresh."""
+    baseline = live_handles(abi)
+    catalog = catalog_of(specs, abi)
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_use_once, catalog, "a")
+                await wait_for(lambda: live_handles(abi) == baseline + 1 and catalog.loading)
+                tg.cancel_scope.cancel()
+            assert live_handles(abi) == baseline and not catalog.loading
+            assert loaded_names(catalog) == []
+            counters = catalog.counters("a")
+            assert (counters.loads, counters.load_failures, counters.running) == (0, 0, 0)
+            load_gate.set()
+            async with catalog.use("a") as loaded:
+                assert (await loaded.llm.generate("Hello")).text == "Hi from a!"
+        assert live_handles(abi) == baseline
+
+
 async def _use_once(catalog: ModelCatalog, name: str) -> None:
     async with catalog.use(name):
         await anyio.sleep_forever()
@@ -597,18 +668,18 @@ async def test_keep_alive_seconds_expire_through_the_reaper(
     the deadline, then the reaper unloads it. The catalog's default applies when a
     request gives none."""
     baseline = live_handles(abi)
-    catalog = catalog_of(specs, abi, keep_alive_s=0.2, reap_interval_s=0.01)
+    catalog = catalog_of(specs, abi, keep_alive_s=0.3, reap_interval_s=0.01)
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan():
-            for options in ({"keep_alive_s": 0.3}, {}):
+            for options in ({"keep_alive_s": 0.4}, {}):
                 async with catalog.use("a", **options):
                     busy = catalog.models()[0].expires_at
                 ended = time.monotonic()
                 now = datetime.now(UTC)
                 info = catalog.models()[0]
-                keep = options.get("keep_alive_s", 0.2)
+                keep = options.get("keep_alive_s", 0.3)
                 assert info.loaded and info.expires_at is not None and busy is not None
-                assert now < info.expires_at <= now + timedelta(seconds=keep)
+                assert now < info.expires_at <= now + timedelta(seconds=keep + 0.001)
                 await wait_for(lambda: not catalog.models()[0].loaded)
                 assert time.monotonic() - ended >= keep - 0.01
                 assert live_handles(abi) == baseline

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import anyio.lowlevel
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rkllm_sdk import AsyncLLM, ExtendParams, ModelParams
+from rkllm_sdk import AsyncLLM, ExtendParams, ModelParams, _native
 from rkllm_sdk.errors import ClosedError, ModelLoadError
 from rkllm_sdk.server.catalog import (
     Loaded,
@@ -526,6 +527,38 @@ async def test_a_request_cancelled_after_the_handle_is_made_destroys_it(
             counters = catalog.counters("a")
             assert (counters.loads, counters.load_failures, counters.running) == (0, 0, 0)
             load_gate.set()
+            async with catalog.use("a") as loaded:
+                assert (await loaded.llm.generate("Hello")).text == "Hi from a!"
+        assert live_handles(abi) == baseline
+
+
+async def test_a_request_cancelled_during_the_runtime_init_leaves_no_handle(
+    specs: dict[str, ModelSpec], abi: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while rkllm_init runs (held in its worker thread), the request waits for
+    the init and the handle it made is destroyed: the fake counts none, nothing is loaded,
+    and the next request loads."""
+    baseline = live_handles(abi)
+    catalog = catalog_of(specs, abi)
+    started, proceed = threading.Event(), threading.Event()
+    real_init = _native.init
+
+    def held_init(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        proceed.wait(DEADLINE_S)
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "init", held_init)
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_use_once, catalog, "a")
+                await wait_for(started.is_set)
+                assert catalog.loading
+                tg.cancel_scope.cancel()
+                proceed.set()
+            assert live_handles(abi) == baseline and loaded_names(catalog) == []
+            assert not catalog.loading and catalog.counters("a").running == 0
             async with catalog.use("a") as loaded:
                 assert (await loaded.llm.generate("Hello")).text == "Hi from a!"
         assert live_handles(abi) == baseline

@@ -28,6 +28,9 @@ time:
   models; :attr:`ModelInfo.expires_at` shows the deadline.
 - **counters**: per model (:class:`ModelCounters`), as Prometheus text by
   :meth:`ModelCatalog.metrics_text`.
+- **closing** (the end of :meth:`ModelCatalog.lifespan`, or :meth:`ModelCatalog.aclose`):
+  waiting requests get :class:`~rkllm_sdk.errors.ClosedError`, running ones have their
+  handle closed under them, every handle is destroyed, later requests are refused.
 
 >>> spec = parse_model_option("qwen3=/models/qwen3-4b.rkllm,max_context_len=4096")
 >>> spec.name, spec.path.name, spec.params.max_context_len
@@ -70,6 +73,7 @@ __all__ = [
     "QueueFullError",
     "parse_model_option",
     "scan_models_dir",
+    "with_tag",
 ]
 
 #: The tag a model name without one gets (Ollama's convention).
@@ -149,11 +153,11 @@ def _convert(key: str, kind: str, text: str) -> object:
                 return frozenset(int(c) for c in text.split("+"))
             return int(text, 0)
     except ValueError:
-        raise ValueError(f"{key}={text!r}: expected {kind_name(kind)}") from None
+        raise ValueError(f"{key}={text!r}: expected {_kind_name(kind)}") from None
     return text
 
 
-def kind_name(kind: str) -> str:
+def _kind_name(kind: str) -> str:
     """How an option's type reads in an error message."""
     return {
         "int": "an integer",

@@ -336,7 +336,8 @@ async def test_home_assistant_tool_round_trip_streams(
 ) -> None:
     """Home Assistant's conversation turn: a streamed chat with tools, keep_alive=-1 and
     num_ctx gives the tool call with object arguments, done_reason stop and nanosecond
-    timings; the tool-result turn (keep_alive "300s") streams the answer."""
+    timings; the tool-result turn (keep_alive "300s") streams the answer, evaluating only
+    what is new."""
     async with serving(model_files, abi) as served:
         c = served.client()
         messages: list[Any] = [
@@ -388,6 +389,8 @@ async def test_home_assistant_tool_round_trip_streams(
             )
         assert "".join(p.message.content or "" for p in second) == "The kitchen light is on."
         assert not tool_calls(second) and second[-1].done_reason == "stop"
+        # The tool-result turn continues the KV cache: only the new turn is evaluated.
+        assert 0 < (second[-1].prompt_eval_count or 0) < (last.prompt_eval_count or 0)
 
 
 @pytest.mark.anyio

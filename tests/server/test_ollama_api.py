@@ -440,8 +440,9 @@ async def test_non_streamed_chat_ps_show_and_pull(model_files: dict[str, Path], 
 
 @pytest.mark.anyio
 async def test_generate_streams_loads_and_unloads(model_files: dict[str, Path], abi: str) -> None:
-    """generate streams ``response`` pieces and ends done; an empty prompt loads the model
-    (done_reason load) and keep_alive 0 unloads it (done_reason unload, ps empty)."""
+    """generate streams ``response`` pieces and ends done, with system or raw; an empty
+    prompt loads the model (done_reason load) and keep_alive 0 unloads it (done_reason
+    unload, ps empty)."""
     async with serving(model_files, abi) as served:
         c = served.client()
         with anyio.fail_after(DEADLINE_S):
@@ -450,6 +451,8 @@ async def test_generate_streams_loads_and_unloads(model_files: dict[str, Path], 
             assert pieces[-1].done and pieces[-1].done_reason == "stop"
             whole = await c.generate(model=CHAT, prompt="Hello", system="Be kind.")
             assert whole.response == "Hi there, friend!"
+            raw = await c.generate(model=CHAT, prompt="<|im_start|>user\nHello", raw=True)
+            assert raw.response == "Hi there, friend!" and raw.done_reason == "stop"
             loaded = await c.generate(model=THINKER, prompt="", keep_alive="5m")
             assert loaded.done_reason == "load"
             assert [m.model for m in (await c.ps()).models] == [THINKER]

@@ -44,6 +44,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _keep_alive(text: str) -> float:
+    """An argparse type: seconds a model stays loaded when idle (-1 forever, 0 unload)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != -1 and not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be -1 (forever) or seconds >= 0: {text}")
+    return value
+
+
 _positive_int = _count(INT32_MAX)
 _context_count = _count(MAX_CONTEXT)
 
@@ -142,15 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="serve the runtime's functions as a JSON-RPC 2.0 proxy",
+        help="serve the runtime's functions (JSON-RPC 2.0, MCP) and named models",
         description="Serve every runtime function as a JSON-RPC 2.0 method named as in "
         "rkllm.h, over stdio, TCP and / or Unix sockets (newline-delimited JSON), and HTTP "
         "(POST /rpc, SSE, WebSocket /ws). Runs stream rkllm_result notifications. Handles "
         "belong to the connection that made them and die with it (over HTTP: to the API key "
-        "and X-RKLLM-Session header, until idle). SIGTERM drains runs, then exits 0. "
-        "Environment: RKLLM_API_KEY.",
+        "and X-RKLLM-Session header, until idle). MCP (tools generate, chat and one per "
+        "function) on stdio (--mcp-stdio) and at /mcp on the HTTP port, with the OpenAI "
+        "(/v1) and Ollama (/api) APIs for the named models (--model, --models-dir). SIGTERM "
+        "drains runs, then exits 0. Environment: RKLLM_API_KEY.",
     )
-    p.add_argument("--stdio", action="store_true", help="serve the client that spawned us")
+    spawned = p.add_mutually_exclusive_group()
+    spawned.add_argument(
+        "--stdio", action="store_true", help="serve JSON-RPC to the client that spawned us"
+    )
+    spawned.add_argument(
+        "--mcp-stdio",
+        action="store_true",
+        help="serve MCP to the client that spawned us (what a desktop MCP client runs)",
+    )
     p.add_argument(
         "--tcp",
         action="append",
@@ -164,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST:PORT",
         help="serve HTTP on HOST:PORT (repeatable): POST /rpc (JSON, or SSE with Accept: "
-        "text/event-stream), WebSocket /ws, GET /health, GET /metrics; a host other than "
-        "loopback needs an API key",
+        "text/event-stream), WebSocket /ws, MCP (Streamable HTTP) /mcp, the OpenAI and Ollama "
+        "APIs, GET /health, GET /metrics; a host other than loopback needs an API key",
     )
     p.add_argument(
         "--api-key",
@@ -197,11 +218,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models-dir",
         metavar="DIR",
-        help="model and LoRA paths must lie inside DIR (default: the current directory; "
-        "on the bundled fake, its demo model's directory)",
+        help="model and LoRA paths must lie inside DIR, and each model file in it is a named "
+        "model (default: the current directory; on the bundled fake, its demo model's "
+        "directory)",
     )
     p.add_argument(
         "--cache-dir", metavar="DIR", help="prompt caches must lie inside DIR (default: models dir)"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=PATH[,OPT=VAL...]",
+        help="a named model for the chat APIs and MCP's generate / chat (repeatable), with "
+        "RKLLMParam overrides, e.g. qwen3=/models/qwen3.rkllm,max_context_len=4096; every "
+        "model file in --models-dir is named by its stem too",
+    )
+    p.add_argument(
+        "--chat-template",
+        metavar="NAME|PATH",
+        help="the chat template of the named models: a built-in name (qwen2.5, qwen3, llama3, "
+        "deepseek-r1, gemma, phi3, minicpm) or a tokenizer_config.json / .jinja file "
+        "(default: the model's own, else guessed from its file name)",
+    )
+    p.add_argument(
+        "--max-loaded",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="named models loaded at once; the least recently used idle one is unloaded "
+        "(default: 1)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="chat requests waiting per model; one more is answered busy at once (default: 8)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=_keep_alive,
+        default=300.0,
+        metavar="S",
+        help="unload a named model after S idle seconds (0: after each request, -1: never; "
+        "default: 300)",
     )
     _runtime(p, default="RKLLM_RUNTIME, then the system's library, then the fake")
     p.set_defaults(func=cmd_serve)

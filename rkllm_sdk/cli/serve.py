@@ -1,13 +1,21 @@
-"""``rkllm serve``: the runtime's functions as a JSON-RPC 2.0 proxy (stdio, TCP, Unix, HTTP).
+"""``rkllm serve``: the runtime's functions as a JSON-RPC 2.0 proxy (stdio, TCP, Unix, HTTP),
+as MCP tools (``--mcp-stdio``, ``/mcp``), and named models behind the OpenAI and Ollama APIs.
 
-Logs one line per request to stderr (stdout belongs to the protocol in ``--stdio`` mode).
+Logs one line per request to stderr (stdout belongs to the protocol in ``--stdio`` and
+``--mcp-stdio`` modes).
 SIGTERM (or Ctrl-C) stops taking new runs, lets the runs in progress finish (up to the
 drain timeout), closes every connection (their handles are destroyed) and exits 0.
 
 Binds nothing but loopback unless told: a non-loopback ``--http`` needs an API key
 (``--api-key``, ``--api-key-file`` or ``RKLLM_API_KEY``), a non-loopback ``--tcp`` (which
 has no authentication) needs ``--insecure-no-auth``, as does an ``--http`` without a key.
-The HTTP face (Starlette, uvicorn) is imported only when ``--http`` is given.
+The HTTP face (Starlette, uvicorn) is imported only when ``--http`` is given, the MCP face
+and the model catalog only with ``--http`` or ``--mcp-stdio``.
+
+The named models (``--model NAME=PATH``, and every model file of ``--models-dir``) form one
+:class:`~rkllm_sdk.server.catalog.ModelCatalog` and one
+:class:`~rkllm_sdk.server.chat_engine.ChatEngine`, shared by MCP's ``generate`` and
+``chat`` tools and the OpenAI and Ollama routes.
 """
 
 from __future__ import annotations
@@ -19,15 +27,22 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from ..server import Server, ServerConfig
 from ..server.transports import open_tcp, open_unix, serve_listener, serve_stdio
 from ._common import EXIT_OK, UsageError, resolve_target
 
-__all__ = ["api_key", "check_binds", "cmd_serve", "parse_hostport"]
+if TYPE_CHECKING:
+    from ..server.catalog import ModelCatalog, ModelSpec
+    from ..server.chat_engine import ChatEngine
+    from ..server.http import HttpFace
+    from ..server.mcp_server import McpFace
+
+__all__ = ["api_key", "check_binds", "cmd_serve", "model_specs", "parse_hostport"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -84,12 +99,89 @@ def _log(line: str) -> None:
     print(f"rkllm serve: {line}", file=sys.stderr, flush=True)
 
 
-async def _serve(server: Server, args: argparse.Namespace, key: str | None) -> None:
+def model_specs(args: argparse.Namespace, models_dir: Path | None) -> list[ModelSpec]:
+    """The named models: each ``--model``, then each model file of ``models_dir`` whose
+    name no ``--model`` took; ``--chat-template`` for those without their own."""
+    from ..server.catalog import parse_model_option, scan_models_dir  # noqa: PLC0415
+
+    specs = []
+    for text in args.model or ():
+        try:
+            specs.append(parse_model_option(text))
+        except ValueError as exc:  # its message names the option and what is wrong
+            raise UsageError(str(exc)) from None
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--model names {', '.join(twice)} more than once")
+    if models_dir is not None:
+        try:
+            scanned = scan_models_dir(models_dir)
+        except OSError as exc:
+            raise UsageError(f"--models-dir {models_dir}: {exc.strerror}") from None
+        specs += [s for s in scanned if s.name not in names]
+    if args.chat_template is not None:
+        specs = [s if s.template else attrs.evolve(s, template=args.chat_template) for s in specs]
+    return specs
+
+
+@attrs.frozen
+class _Faces:
+    """What serves the named models: the catalog, its engine, and MCP."""
+
+    catalog: ModelCatalog
+    engine: ChatEngine
+    mcp: McpFace
+
+
+def _faces(server: Server, args: argparse.Namespace, specs: list[ModelSpec]) -> _Faces:
+    from ..server.catalog import ModelCatalog  # noqa: PLC0415
+    from ..server.chat_engine import ChatEngine  # noqa: PLC0415
+    from ..server.mcp_server import McpFace  # noqa: PLC0415
+
+    config = server.config
+    catalog = ModelCatalog(
+        specs,
+        runtime=config.runtime,
+        abi=config.abi,
+        max_loaded=args.max_loaded,
+        max_queue=args.max_queue,
+        keep_alive_s=args.keep_alive,
+        cache_dir=config.cache_dir,
+        log=_log,
+    )
+    engine = ChatEngine(catalog)
+    mcp = McpFace(server, engine=engine, catalog=catalog, log=_log)
+    names = ", ".join(s.name for s in specs) or "none (give --model NAME=PATH or --models-dir)"
+    _log(f"named models: {names}")
+    return _Faces(catalog, engine, mcp)
+
+
+def _mount(face: HttpFace, faces: _Faces, loopback: bool) -> list[str]:
+    """Mount MCP on ``face``; the paths it serves."""
+    faces.mcp.mount(face, dns_rebinding_protection=loopback)
+    # The catalog's lifespan is entered by _serve around every face (stdio MCP uses it
+    # too), not given to face.add: the HTTP face renders its metrics on GET /metrics.
+    face.add([], metrics_text=faces.catalog.metrics_text)
+    return ["/mcp"]
+
+
+async def _serve(
+    server: Server, args: argparse.Namespace, key: str | None, specs: list[ModelSpec]
+) -> None:
+    """Serve every transport asked for (the named models ``specs`` with MCP and HTTP)."""
+    faces = None
+    if args.http or args.mcp_stdio:
+        faces = _faces(server, args, specs)
     http: list[tuple[Any, socket.socket]] = []
     if args.http:
         from ..server.http import HttpConfig, HttpFace, bind  # noqa: PLC0415
 
         face = HttpFace(server, HttpConfig(api_key=key, idle_timeout_s=args.idle_timeout), log=_log)
+        paths = ["/rpc", "/ws", "/health", "/metrics"]
+        if faces is not None:
+            loopback = all(parse_hostport(s, "--http")[0] in _LOOPBACK for s in args.http)
+            paths += _mount(face, faces, loopback)
         for spec in args.http:
             host, port = parse_hostport(spec, "--http")
             try:
@@ -97,11 +189,20 @@ async def _serve(server: Server, args: argparse.Namespace, key: str | None) -> N
             except OSError as exc:
                 raise UsageError(f"--http {spec}: {exc.strerror}") from None
             auth = "API key required" if key else "no authentication"
-            _log(
-                f"listening on http {host}:{sock.getsockname()[1]} "
-                f"(/rpc, /ws, /health, /metrics; {auth})"
-            )
+            _log(f"listening on http {host}:{sock.getsockname()[1]} ({', '.join(paths)}; {auth})")
             http.append((face, sock))
+    async with contextlib.AsyncExitStack() as stack:
+        if faces is not None:  # the keep-alive reaper; unloads every model on the way out
+            await stack.enter_async_context(faces.catalog.lifespan())
+        await _serve_all(server, args, http, faces)
+
+
+async def _serve_all(
+    server: Server,
+    args: argparse.Namespace,
+    http: list[tuple[Any, socket.socket]],
+    faces: _Faces | None,
+) -> None:
     async with anyio.create_task_group() as tg:
         if http:
             from ..server.http import serve_http  # noqa: PLC0415
@@ -119,10 +220,14 @@ async def _serve(server: Server, args: argparse.Namespace, key: str | None) -> N
             listener = await open_unix(path)
             _log(f"listening on unix {path}")
             tg.start_soon(serve_listener, server, listener)
-        if args.stdio:
+        if args.stdio or args.mcp_stdio:
 
             async def stdio_then_stop() -> None:
-                await serve_stdio(server)
+                if args.mcp_stdio:
+                    assert faces is not None  # made for --mcp-stdio
+                    await faces.mcp.serve_stdio()
+                else:
+                    await serve_stdio(server)
                 if not (args.tcp or args.unix or args.http):
                     tg.cancel_scope.cancel()  # our one client has gone: so do we
 
@@ -143,9 +248,10 @@ async def _signals(server: Server, scope: anyio.CancelScope) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rkllm serve``: serve until SIGTERM (or, with ``--stdio`` alone, until stdin ends)."""
-    if not (args.stdio or args.tcp or args.unix or args.http):
+    if not (args.stdio or args.mcp_stdio or args.tcp or args.unix or args.http):
         raise UsageError(
-            "give at least one of --stdio, --tcp HOST:PORT, --unix PATH, --http HOST:PORT"
+            "give at least one of --stdio, --mcp-stdio, --tcp HOST:PORT, --unix PATH, "
+            "--http HOST:PORT"
         )
     for spec in args.tcp or ():
         parse_hostport(spec)
@@ -159,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         target = None
     if target is not None:
         runtime = target.runtime
-        if target.notice:  # serve's own words: it takes --models-dir, not --model
+        if target.notice:  # serve's own words: it names its models with --models-dir
             found = (
                 "fake runtime" if args.runtime else "no RKLLM runtime found: bundled fake runtime"
             )
@@ -174,10 +280,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         run_expiry_s=args.run_expiry,
     )
+    # Model files are named models (for MCP and HTTP) from --models-dir, or the fake's demo
+    # directory; never from the current directory by default.
+    chat_faces = bool(args.http or args.mcp_stdio)
+    specs = model_specs(args, models_dir if chat_faces else None)
+    if args.model and not chat_faces:
+        _log("warning: --model names models for --http and --mcp-stdio only")
     _log(f"models dir {config.models_dir.resolve()}, cache dir {config.prompt_cache_dir.resolve()}")
     server = Server(config, log=_log)
     try:
-        anyio.run(_serve, server, args, key)
+        anyio.run(_serve, server, args, key, specs)
     finally:
         for path in args.unix or ():
             with contextlib.suppress(OSError):

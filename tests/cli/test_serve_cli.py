@@ -1,0 +1,176 @@
+"""``rkllm serve``'s options for MCP and the named models: --mcp-stdio, --model,
+--chat-template, --max-loaded, --max-queue, --keep-alive; their parse errors (exit 2) and
+what a server started with them announces."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rkllm_sdk.cli._parser import build_parser
+from rkllm_sdk.cli.serve import model_specs
+from tests.conftest import ModelFactory, skip_if_runtime_installed
+from tests.server.conftest import DEADLINE_S
+
+from .test_cli import env, rkllm
+
+
+def usage_error(*args: str) -> str:
+    """Run ``rkllm serve ARGS`` expecting exit 2; its stderr."""
+    done = rkllm("serve", *args, stdin="")
+    assert done.returncode == 2, done
+    return done.stderr
+
+
+def test_stdio_and_mcp_stdio_are_exclusive() -> None:
+    """Standard input carries one protocol: --stdio (JSON-RPC) or --mcp-stdio, not both."""
+    err = usage_error("--stdio", "--mcp-stdio", "--runtime", "fake")
+    assert "--mcp-stdio: not allowed with argument --stdio" in err
+
+
+def test_mcp_stdio_counts_as_a_transport() -> None:
+    """With no transport at all the error lists --mcp-stdio among the choices."""
+    assert "--mcp-stdio" in usage_error("--runtime", "fake")
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("qwen3", "expected NAME=PATH"),
+        ("qwen3=", "the model path is empty"),
+        ("bad name=/m/x.rkllm", "bad model name"),
+        ("q=/m/q.rkllm,context=4096", "unknown option 'context'"),
+        ("q=/m/q.rkllm,max_context_len=lots", "max_context_len"),
+    ],
+)
+def test_bad_model_options_exit_2(model: str, says: str) -> None:
+    """A --model that does not parse stops the command before it serves, naming the fault."""
+    err = usage_error("--mcp-stdio", "--runtime", "fake", "--model", model)
+    assert says in err and "rkllm serve: error:" in err
+
+
+def test_a_model_name_given_twice_exits_2() -> None:
+    """Two --model options of one name (``q`` is ``q:latest``) are refused."""
+    err = usage_error(
+        "--mcp-stdio", "--runtime", "fake", "--model", "q=/a.rkllm", "--model", "q:latest=/b"
+    )
+    assert "q:latest more than once" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--max-loaded", "0"),
+        ("--max-loaded", "two"),
+        ("--max-queue", "0"),
+        ("--keep-alive", "-2"),
+        ("--keep-alive", "soon"),
+        ("--keep-alive", "inf"),
+    ],
+)
+def test_bad_numbers_exit_2(option: str, value: str) -> None:
+    """Counts must be at least 1; --keep-alive is -1 (forever) or finite seconds >= 0."""
+    err = usage_error("--mcp-stdio", "--runtime", "fake", option, value)
+    assert f"argument {option}" in err
+
+
+def test_defaults_and_keep_alive_extremes() -> None:
+    """Defaults: 1 loaded model, 8 queued requests, 300 s keep-alive; -1 and 0 parse."""
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--mcp-stdio"])
+    assert (args.max_loaded, args.max_queue, args.keep_alive) == (1, 8, 300.0)
+    assert args.model is None and args.chat_template is None
+    assert parser.parse_args(["serve", "--http", "h:1", "--keep-alive", "-1"]).keep_alive == -1
+    assert parser.parse_args(["serve", "--http", "h:1", "--keep-alive", "0"]).keep_alive == 0
+
+
+def test_model_specs_merge_options_and_the_models_dir(tmp_path: Path, model: ModelFactory) -> None:
+    """--model names first; each model file of the directory is named by its stem unless a
+    --model took the name; --chat-template fills in for models without their own."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for stem in ("m", "n"):
+        model().rename(models / f"{stem}.json")
+    (models / "notes.json").write_text(json.dumps({"not": "a model"}))
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--mcp-stdio",
+            "--model",
+            f"m={tmp_path / 'elsewhere.json'},template=llama3",
+            "--model",
+            "big=/models/big.rkllm,max_context_len=4096",
+            "--chat-template",
+            "qwen3",
+        ]
+    )
+    specs = {s.name: s for s in model_specs(args, models)}
+    assert sorted(specs) == ["big:latest", "m:latest", "n:latest"]
+    assert specs["m:latest"].path == tmp_path / "elsewhere.json"
+    assert specs["m:latest"].template == "llama3"
+    assert specs["n:latest"].path == models / "n.json" and specs["n:latest"].template == "qwen3"
+    params = specs["big:latest"].params
+    assert params is not None and params.max_context_len == 4096
+    assert model_specs(build_parser().parse_args(["serve", "--stdio"]), None) == []
+
+
+def test_mcp_stdio_on_the_bundled_fake_names_its_demo_model() -> None:
+    """``rkllm serve --mcp-stdio`` with no runtime serves the fake's demo model by name and
+    exits 0 when its client closes standard input."""
+    skip_if_runtime_installed()
+    done = rkllm("serve", "--mcp-stdio", stdin="")
+    assert done.returncode == 0, done.stderr
+    assert "named models: demo-model:latest" in done.stderr
+    assert done.stdout == ""
+
+
+def test_http_announces_every_endpoint_and_exits_0_on_sigterm(
+    abi: str, model: ModelFactory
+) -> None:
+    """``rkllm serve --http`` with a --model logs its named models and every path it serves
+    (JSON-RPC, MCP), answers an MCP initialize at /mcp, and exits 0 on
+    SIGTERM (the catalog unloads its models)."""
+    path = model(replies={"Hello": "Hi!"})
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--http", "127.0.0.1:0"]
+    cmd += ["--runtime", "fake", "--abi", abi, "--model", f"demo={path}", "--keep-alive", "-1"]
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env()) as proc:
+        assert proc.stderr and proc.stdout
+        lines = []
+        port = None
+        for _ in range(50):
+            line = proc.stderr.readline().decode()
+            lines.append(line)
+            found = re.search(r"listening on http 127\.0\.0\.1:(\d+) \((.*)\)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, lines
+        assert "named models: demo:latest" in "".join(lines)
+        for where in ("/rpc", "/ws", "/mcp", "/metrics"):
+            assert where in lines[-1]
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            },
+        }
+        headers = {"Accept": "application/json, text/event-stream"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as c:
+            r = c.post("/mcp", json=init, headers=headers)
+            assert r.status_code == 200 and '"serverInfo"' in r.text
+            assert r.headers["mcp-session-id"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
+        assert proc.stdout.read() == b""
+    assert proc.returncode == 0

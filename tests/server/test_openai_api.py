@@ -804,3 +804,37 @@ async def test_a_failed_run_is_a_server_error(models_dir: Path, abi: str) -> Non
         assert any(c.choices and c.choices[0].delta.content for c in received)
         again = await client.chat.completions.create(model="m", messages=[USER])
         assert again.choices[0].message.content == "Hi there, friend!"
+
+
+async def test_a_client_leaving_while_queued_leaves_the_queue(models_dir: Path, abi: str) -> None:
+    """A streamed request waiting for a busy model (its status not yet sent) whose client
+    disconnects leaves the queue at once; the run ahead of it carries on."""
+    # The status waits up to ping_s for a first event: the queue must be left long before.
+    async with serving(models_dir, abi, ping_s=DEADLINE_S) as (client, catalog, base):
+        counters = catalog.counters("slow:latest")
+        first = await client.chat.completions.create(
+            model="slow", messages=[USER], stream=True, max_tokens=400
+        )
+        async with first:
+            await anext(aiter(first))
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with httpx.AsyncClient(timeout=DEADLINE_S) as raw:
+
+                async def wait_in_queue() -> None:
+                    body = chat(model="slow", stream=True)
+                    url = f"{base}/chat/completions"
+                    async with raw.stream("POST", url, json=body, headers=headers) as r:
+                        await r.aread()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait_in_queue)
+                    with anyio.fail_after(DEADLINE_S):
+                        while counters.queued == 0:  # noqa: ASYNC110  # a counter
+                            await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()  # the waiting client hangs up
+            with anyio.fail_after(DEADLINE_S / 4):
+                while counters.queued:  # noqa: ASYNC110  # a counter
+                    await anyio.sleep(0.01)
+            assert counters.running == 1
+            chunk = await anext(aiter(first))  # the first run is still going
+            assert chunk.choices

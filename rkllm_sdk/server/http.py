@@ -431,27 +431,40 @@ async def serve_http(
     server = _Uvicorn(config)
     socks = [sock] if isinstance(sock, socket.socket) else list(sock)
     try:
-        async with AsyncExitStack() as faces, anyio.create_task_group() as tg:
+        # The faces' lifespans (which may run task groups of their own) are entered before
+        # this task group and left after it, so their cancel scopes nest properly.
+        async with AsyncExitStack() as faces:
             for lifespan in face.lifespans:
                 await faces.enter_async_context(lifespan())
-
-            async def stop_when_cancelled() -> None:
-                try:
-                    if started is not None:
-                        while not server.started:  # noqa: ASYNC110  # uvicorn's own flag
-                            await anyio.sleep(0.01)
-                        await started()
-                    await anyio.sleep_forever()
-                finally:
-                    server.should_exit = True
-
-            tg.start_soon(stop_when_cancelled)
-            tg.start_soon(face.sessions.reap_forever)
-            face.sessions.tasks = tg  # drives rkllm_run_async runs
-            with anyio.CancelScope(shield=True):
-                await server.serve(sockets=socks)
-            tg.cancel_scope.cancel()
+            await _serve_uvicorn(face, server, socks, started)
     finally:
         face.sessions.tasks = None
         with anyio.CancelScope(shield=True):
             await face.sessions.close_all()
+
+
+async def _serve_uvicorn(
+    face: HttpFace,
+    server: uvicorn.Server,
+    socks: list[socket.socket],
+    started: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Run ``server`` on ``socks`` until cancelled, with the HTTP sessions' reaper."""
+    async with anyio.create_task_group() as tg:
+
+        async def stop_when_cancelled() -> None:
+            try:
+                if started is not None:
+                    while not server.started:  # noqa: ASYNC110  # uvicorn's own flag
+                        await anyio.sleep(0.01)
+                    await started()
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+
+        tg.start_soon(stop_when_cancelled)
+        tg.start_soon(face.sessions.reap_forever)
+        face.sessions.tasks = tg  # drives rkllm_run_async runs
+        with anyio.CancelScope(shield=True):
+            await server.serve(sockets=socks)
+        tg.cancel_scope.cancel()

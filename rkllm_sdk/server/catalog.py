@@ -545,6 +545,15 @@ class ModelCatalog:
         """Whether the catalog can answer without waiting for a load (no model is loading)."""
         return not self._closed and not self.loading
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``GET /health``'s part (:meth:`HttpFace.add`): not ready while the only named
+        model is loading (a client has nothing else to use); which models are loaded and
+        which loading."""
+        infos = self.models()
+        loading = [m.name for m in infos if m.loading]
+        fields = {"models": {"loaded": [m.name for m in infos if m.loaded], "loading": loading}}
+        return not (len(infos) == 1 and loading), fields
+
     # ---- turns -----------------------------------------------------------------------------
 
     @asynccontextmanager

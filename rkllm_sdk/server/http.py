@@ -112,6 +112,9 @@ class HttpFace:
         self.lifespans: list[Callable[[], AbstractAsyncContextManager[object]]] = []
         #: Extra Prometheus text renderers (each returns whole lines) for ``/metrics``.
         self.metric_texts: list[Callable[[], str]] = []
+        #: Extra ``/health`` parts: each returns (ready, fields); fields join the body, and
+        #: one not ready makes it 503 (e.g. the only model still loading).
+        self.health_parts: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
         self.app = Starlette(
             routes=[
                 Route("/rpc", self.rpc, methods=["POST"]),
@@ -127,6 +130,7 @@ class HttpFace:
         *,
         lifespan: Callable[[], AbstractAsyncContextManager[object]] | None = None,
         metrics_text: Callable[[], str] | None = None,
+        health: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
     ) -> None:
         """Serve more routes on this port (the OpenAI, Ollama and MCP faces).
 
@@ -134,12 +138,15 @@ class HttpFace:
             routes: Starlette routes, mounted after the proxy's own.
             lifespan: entered before uvicorn starts serving, left after it stops.
             metrics_text: more Prometheus text for ``GET /metrics``.
+            health: more of ``GET /health``: (ready, fields); not ready answers 503.
         """
         self.app.router.routes.extend(routes)
         if lifespan is not None:
             self.lifespans.append(lifespan)
         if metrics_text is not None:
             self.metric_texts.append(metrics_text)
+        if health is not None:
+            self.health_parts.append(health)
 
     def authorized(self, headers: Any) -> bool:
         """Whether ``headers`` carry the API key (always, when there is none)."""
@@ -170,14 +177,19 @@ class HttpFace:
     # -- plain routes -------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        """``GET /health``: 200 while serving (503 once draining), no key needed."""
+        """``GET /health``: 200 while serving; 503 once draining, or while a face is not
+        ready (the only named model loading); no key needed."""
         stats = self.server.sessions.stats()
-        status = "draining" if stats["draining"] else "ok"
-        self._log(f"http GET /health {503 if stats['draining'] else 200}")
-        return JSONResponse(
-            {"status": status, "handles": stats["handles"], "runs": stats["runs"]},
-            status_code=503 if stats["draining"] else 200,
-        )
+        body: dict[str, Any] = {"handles": stats["handles"], "runs": stats["runs"]}
+        ready = True
+        for part in self.health_parts:
+            part_ready, fields = part()
+            ready = ready and part_ready
+            body.update(fields)
+        status = "draining" if stats["draining"] else "ok" if ready else "loading"
+        code = 200 if status == "ok" else 503
+        self._log(f"http GET /health {code}")
+        return JSONResponse({"status": status, **body}, status_code=code)
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: the Prometheus text exposition (behind the key)."""

@@ -501,12 +501,40 @@ async def test_loading_is_visible_and_happens_once(
                 tg.start_soon(hold, catalog, "a", "second", order, release)
                 await wait_for(lambda: catalog.counters("a").queued == 1)
                 assert catalog.loading and not catalog.ready
+                # other models could still serve: ready for /health
+                assert catalog.health() == (
+                    True,
+                    {"models": {"loaded": [], "loading": ["a:latest"]}},
+                )
                 first = catalog.models()[0]
                 assert (first.name, first.loading, first.loaded) == ("a:latest", True, False)
                 load_gate.set()
             assert order == ["first", "second"] and catalog.ready
+            assert catalog.health() == (True, {"models": {"loaded": ["a:latest"], "loading": []}})
             assert catalog.counters("a").loads == 1 and live_handles(abi) == baseline + 1
         assert live_handles(abi) == baseline
+
+
+async def test_health_is_not_ready_while_the_only_model_loads(
+    specs: dict[str, ModelSpec], abi: str, load_gate: anyio.Event
+) -> None:
+    """With one named model, /health's part is not ready while it loads (nothing else can
+    answer), ready once loaded."""
+    catalog = catalog_of({"a": specs["a"]}, abi)
+    release = anyio.Event()
+    release.set()
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            assert catalog.health() == (True, {"models": {"loaded": [], "loading": []}})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold, catalog, "a", "first", [], release)
+                await wait_for(lambda: catalog.loading)
+                assert catalog.health() == (
+                    False,
+                    {"models": {"loaded": [], "loading": ["a:latest"]}},
+                )
+                load_gate.set()
+            assert catalog.health() == (True, {"models": {"loaded": ["a:latest"], "loading": []}})
 
 
 async def test_a_request_cancelled_after_the_handle_is_made_destroys_it(

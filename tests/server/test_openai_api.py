@@ -419,10 +419,9 @@ async def serving(
         Server(ServerConfig(runtime="fake", abi=abi, models_dir=models_dir)),
         HttpConfig(api_key=key, ping_s=ping_s),
     )
-    # The catalog's lifespan is entered here, around the server (HttpFace.add(lifespan=...)
-    # would enter it inside serve_http's task group).
     log_line = None if log is None else log.append
-    face.add(openai_routes(ChatEngine(catalog), face.authorized, ping_s=ping_s, log=log_line))
+    routes = openai_routes(ChatEngine(catalog), face.authorized, ping_s=ping_s, log=log_line)
+    face.add(routes, lifespan=catalog.lifespan)
     sock = bind("127.0.0.1", 0)
     base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     ready = anyio.Event()
@@ -431,7 +430,7 @@ async def serving(
     async def started() -> None:
         ready.set()
 
-    async with catalog.lifespan(), anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as tg:
         tg.start_soon(partial(serve_http, face, sock, started=started))
         with anyio.fail_after(DEADLINE_S):
             await ready.wait()

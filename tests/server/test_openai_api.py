@@ -32,10 +32,10 @@ from rkllm_sdk.server.catalog import (
 )
 from rkllm_sdk.server.chat_engine import ChatEngine, RequestError
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.openai_api import (
+from rkllm_sdk.server.openai_api import openai_routes
+from rkllm_sdk.server.openai_wire import (
     OpenAIError,
     error_from,
-    openai_routes,
     parse_chat,
     parse_completion,
     parse_embedding,

@@ -19,7 +19,10 @@ the two:
    more), the first such run saves a prompt cache into the catalog's cache directory
    (bounded, least recently used deleted first) and later fresh runs load it: the runtime
    skips the longest common prefix.
-5. A run that does not end cleanly (client gone, abort, error, a context shift) leaves the
+5. Lines of the system message that change on every request (Home Assistant starts it with
+   "Current time is 18:42:07. ...") would defeat both: they move to the start of the newest
+   user turn, and stay with that turn in later requests (:attr:`ChatEngine.volatile_patterns`).
+6. A run that does not end cleanly (client gone, abort, error, a context shift) leaves the
    record *unknown*: the next request clears the cache and prefills everything.
 
 Deltas stream as the NPU yields them: ``<think>`` text as ``reasoning`` (tags stripped),
@@ -44,7 +47,7 @@ import anyio
 import attrs
 import numpy as np
 
-from ..errors import InvalidParamsError
+from ..errors import InvalidParamsError, RKLLMError
 from ..models import Sampling
 from ..results import Chunk, Generation, ToolCall
 
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
     from .templates import ChatTemplate
 
 __all__ = [
+    "CACHE_SUBDIR",
+    "HOME_ASSISTANT_TIME",
     "REQUIRED_TOOL_INSTRUCTION",
     "ChatDelta",
     "ChatDone",
@@ -68,6 +73,13 @@ __all__ = [
 #: (the runtime has no constrained decoding, so a model may still answer in plain text).
 REQUIRED_TOOL_INSTRUCTION = "Answer by calling one or more of the tools above."
 
+#: Home Assistant's first system line (``homeassistant.helpers.llm.BASE_PROMPT``), rendered
+#: anew with the current time for every request of a conversation.
+HOME_ASSISTANT_TIME = (
+    r"Current time is \d{1,2}:\d{2}(?::\d{2})?(?: ?[AP]M)?\. "
+    r"Today's date is \d{4}-\d{2}-\d{2}\.\n?"
+)
+
 #: Request fields that map onto the runtime's sampling parameters (same names as Sampling).
 SAMPLING_FIELDS = (
     "temperature",
@@ -79,6 +91,9 @@ SAMPLING_FIELDS = (
 )
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
+#: The engine's prompt caches: this directory inside the catalog's ``cache_dir`` holds
+#: nothing else (the bound deletes its least recently used files).
+CACHE_SUBDIR = "chat-prefix-cache"
 _CACHE_SUFFIX = ".prompt-cache"
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -197,12 +212,15 @@ class KVRecord:
             with one of them sends only the rest.
         tokens: tokens in the cache (as ``kv_cache_size`` reported after the last run).
         prompt_cache: the prompt-cache file loaded on the handle, if any.
+        notes: volatile system lines moved into user turns, by message index (see
+            :attr:`ChatEngine.volatile_patterns`), as the cache holds them.
     """
 
     text: str | None = None
     views: tuple[str, ...] = ()
     tokens: int = 0
     prompt_cache: Path | None = None
+    notes: dict[int, str] = attrs.field(factory=dict)
     lock: anyio.Lock = attrs.field(factory=anyio.Lock, repr=False)
 
     def forget(self) -> None:
@@ -210,6 +228,7 @@ class KVRecord:
         self.text = None
         self.views = ()
         self.tokens = 0
+        self.notes = {}
 
 
 @attrs.define(kw_only=True)
@@ -221,6 +240,7 @@ class _Run:
     reply: _Reply
     think: tuple[str, str] | None
     load_ms: float
+    notes: dict[int, str]
 
 
 @attrs.frozen(kw_only=True)
@@ -236,6 +256,23 @@ class _Plan:
     save: Path | None = None  # this run saves a prompt cache here
 
 
+@attrs.frozen(kw_only=True)
+class _Volatile:
+    """A conversation whose system message had volatile lines (taken out into ``note``)."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    note: str
+    last_user: int
+
+    def annotated(self, notes: Mapping[int, str]) -> list[Mapping[str, Any]]:
+        """The messages with each note at the start of its user turn."""
+        out: list[Mapping[str, Any]] = list(self.messages)
+        for i, note in notes.items():
+            if 0 <= i < len(out) and out[i].get("role") == "user":
+                out[i] = {**out[i], "content": f"{note}\n\n{out[i].get('content', '')}"}
+        return out
+
+
 class ChatEngine:
     """Runs chats and embeddings on the catalog's models (see the module docstring).
 
@@ -246,6 +283,11 @@ class ChatEngine:
         prefix_min_chars: a system turn at least this long gets a prompt cache.
         prompt_cache_max_files / prompt_cache_max_bytes: the cache directory's bound (its
             ``*.prompt-cache`` files, least recently used deleted first).
+        volatile_patterns: regular expressions for lines of the system message that change
+            on every request (Home Assistant's "Current time is ..." line by default). They
+            move to the start of the newest user turn, where they stay in later turns, so
+            the system turn is a stable prefix (prompt cache) and the history a stable
+            continuation, while the model still reads the current time. ``()``: off.
     """
 
     def __init__(
@@ -256,8 +298,10 @@ class ChatEngine:
         prefix_min_chars: int = 256,
         prompt_cache_max_files: int = 8,
         prompt_cache_max_bytes: int = 2 << 30,
+        volatile_patterns: Sequence[str] = (HOME_ASSISTANT_TIME,),
     ) -> None:
         self.catalog = catalog
+        self.volatile_patterns = tuple(re.compile(p) for p in volatile_patterns)
         self.reuse = reuse
         self.prefix_min_chars = prefix_min_chars
         self.prompt_cache_max_files = prompt_cache_max_files
@@ -269,7 +313,10 @@ class ChatEngine:
         """Deltas as the NPU yields them, then one :class:`ChatDone`.
 
         Close the generator early (``aclose``, e.g. the client left) to abort the run on
-        the NPU; the model stays usable. Raises before the first delta:
+        the NPU; the model stays usable. Use it as ``async with aclosing(engine.chat(req))
+        as items``: a generator left suspended mid-run keeps the model's turn until it is
+        garbage-collected. ChatDone comes after the turn has ended. Raises before the
+        first delta:
         ``ModelNotFoundError``, ``QueueFullError``, :class:`RequestError`.
         """
         t0 = time.perf_counter()
@@ -289,9 +336,12 @@ class ChatEngine:
                         for delta in deltas:
                             yield delta
                     gen = s.result()
-                for delta in reply.end():
-                    yield delta
-                yield await self._finish(loaded, state, req, run, gen, t0)
+                last: list[ChatDelta | ChatDone] = [*reply.end()]
+                last.append(await self._finish(loaded, state, req, run, gen, t0))
+        # The model's turn is over before the last items go out: a consumer that stops
+        # at ChatDone without closing the generator holds nothing.
+        for item in last:
+            yield item
 
     async def _start(
         self,
@@ -304,8 +354,26 @@ class ChatEngine:
         llm, template = loaded.llm, loaded.template
         options = _run_options(llm, req)
         raw = req.raw_prompt is not None
-        prompt = req.raw_prompt if req.raw_prompt is not None else _render(template, req, tools)
-        plan = self._plan(loaded, state, req, tools, prompt)
+        notes: dict[int, str] = {}
+        if req.raw_prompt is not None:
+            prompt = req.raw_prompt
+            plan = self._plan(loaded, state, req, (), tools, prompt)
+        else:
+            volatile = self._split_volatile(req.messages)
+            if volatile is None:
+                messages: Sequence[Mapping[str, Any]] = req.messages
+            else:  # the notes this cache was built with, and the newest turn's
+                notes = dict(state.notes) if state.text is not None and self.reuse else {}
+                notes.setdefault(volatile.last_user, volatile.note)
+                messages = volatile.annotated(notes)
+            prompt = _render(template, req, messages, tools)
+            plan = self._plan(loaded, state, req, messages, tools, prompt)
+            fresh = {volatile.last_user: volatile.note} if volatile is not None else notes
+            if volatile is not None and plan.base_tokens == 0 and notes != fresh:
+                notes = fresh  # not a continuation: only the newest turn gets its note
+                messages = volatile.annotated(notes)
+                prompt = _render(template, req, messages, tools)
+                plan = self._plan(loaded, state, req, messages, tools, prompt)
         load_ms = float(loaded.load_ms) if loaded.uses == 1 else 0.0  # this request loaded it
         await self._prepare(llm, state, plan)
         if plan.save is not None:
@@ -320,7 +388,9 @@ class ChatEngine:
             show_reasoning=req.thinking is not False,
             tools=not raw,
         )
-        return _Run(plan=plan, options=options, reply=reply, think=think, load_ms=load_ms)
+        return _Run(
+            plan=plan, options=options, reply=reply, think=think, load_ms=load_ms, notes=notes
+        )
 
     async def _finish(
         self,
@@ -356,6 +426,7 @@ class ChatEngine:
                 plan.prompt + reply.raw, len(plan.prompt) - len(plan.send), run.think
             )
             state.tokens = n1
+            state.notes = run.notes
         if plan.save is not None:
             self._bound_cache_dir(keep=plan.save)
         completion = reply.shown_tokens if reply.finish is not None else generated
@@ -426,6 +497,22 @@ class ChatEngine:
 
     # ---- the KV record and prompt caches ---------------------------------------------------
 
+    def _split_volatile(self, messages: Sequence[Mapping[str, Any]]) -> _Volatile | None:
+        """The system message's volatile lines, to move into the newest user turn."""
+        if not self.volatile_patterns or not messages or messages[0].get("role") != "system":
+            return None
+        content = str(messages[0].get("content", ""))
+        found = [m.group(0) for p in self.volatile_patterns for m in p.finditer(content)]
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not found or not users:
+            return None
+        stripped = content
+        for p in self.volatile_patterns:
+            stripped = p.sub("", stripped)
+        system = {**messages[0], "content": stripped.strip("\n")}
+        note = "\n".join(f.strip() for f in found)
+        return _Volatile(messages=(system, *messages[1:]), note=note, last_user=users[-1])
+
     @staticmethod
     def _state(loaded: Loaded) -> KVRecord:
         state = loaded.engine_state
@@ -439,6 +526,7 @@ class ChatEngine:
         loaded: Loaded,
         state: KVRecord,
         req: ChatRequest,
+        messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None,
         prompt: str,
     ) -> _Plan:
@@ -455,7 +543,7 @@ class ChatEngine:
         clear = state.text != "" or state.tokens != 0
         if not self.reuse:
             return _Plan(prompt=prompt, send=prompt, base_text="", base_tokens=0, clear=clear)
-        cache = self._prefix_cache(loaded, req, tools, prompt)
+        cache = self._prefix_cache(loaded, req, messages, tools, prompt)
         load = save = None
         if cache is not None:
             if cache.exists():
@@ -481,7 +569,12 @@ class ChatEngine:
             if state.prompt_cache is not None:
                 state.prompt_cache = None
                 await llm.release_prompt_cache()
-            await llm.load_prompt_cache(plan.load)
+            try:
+                await llm.load_prompt_cache(plan.load)
+            except RKLLMError:  # a damaged or foreign file: drop it, the run prefills all
+                with suppress(OSError):
+                    plan.load.unlink()
+                return
             state.prompt_cache = plan.load
         if plan.load is not None:
             with suppress(OSError):
@@ -491,6 +584,7 @@ class ChatEngine:
         self,
         loaded: Loaded,
         req: ChatRequest,
+        messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None,
         prompt: str,
     ) -> Path | None:
@@ -498,7 +592,7 @@ class ChatEngine:
         cache_dir: Path | None = getattr(self.catalog, "cache_dir", None)
         if cache_dir is None or req.raw_prompt is not None:
             return None
-        system = [dict(m) for m in req.messages[:1] if m.get("role") == "system"]
+        system = [dict(m) for m in messages[:1] if m.get("role") == "system"]
         if not system and not tools:
             return None
         if req.tool_choice == "required" and system:
@@ -518,8 +612,9 @@ class ChatEngine:
             stamp = ""
         key = hashlib.sha256(f"{model.resolve()}\0{stamp}\0{head}".encode()).hexdigest()[:32]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", loaded.spec.name)
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return Path(cache_dir) / f"{slug}-{key}{_CACHE_SUFFIX}"
+        directory = Path(cache_dir) / CACHE_SUBDIR
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{slug}-{key}{_CACHE_SUFFIX}"
 
     def _bound_cache_dir(self, *, keep: Path) -> None:
         """At most ``prompt_cache_max_files`` files / ``_max_bytes`` bytes; LRU deleted."""
@@ -609,13 +704,15 @@ def _with_instruction(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def _render(
-    template: ChatTemplate, req: ChatRequest, tools: Sequence[Mapping[str, Any]] | None
+    template: ChatTemplate,
+    req: ChatRequest,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
 ) -> str:
     if req.thinking and template.think_tags is None:
         raise RequestError(
             "thinking", f"this model's chat template ({template.name}) does not support thinking"
         )
-    messages: Sequence[Mapping[str, Any]] = req.messages
     if req.tool_choice == "required":
         messages = _with_instruction(messages)
     try:

@@ -24,12 +24,12 @@ from rkllm_sdk.server import Server, ServerConfig
 from rkllm_sdk.server.catalog import ModelCatalog, ModelSpec
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.ollama_api import (
+from rkllm_sdk.server.ollama_api import ollama_routes
+from rkllm_sdk.server.ollama_wire import (
     OllamaError,
     chat_request,
     generate_request,
     normalise_messages,
-    ollama_routes,
     parse_keep_alive,
 )
 from rkllm_sdk.testing import FakeModel, Faults, tool_call_reply

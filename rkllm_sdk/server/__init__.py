@@ -21,6 +21,16 @@ Modules, one idea each:
 - ``http``: ``POST /rpc`` (buffered or Server-Sent Events), ``/ws``, ``/health``,
   ``/metrics`` (Starlette on uvicorn, imported only when ``--http`` is given).
 - ``http_sessions``: handle ownership over HTTP (API key + ``X-RKLLM-Session``), idle expiry.
+
+The named-model APIs on the same HTTP port (``--http``):
+
+- ``templates`` (+ ``template_sources``): chat templates rendered on the server (Jinja).
+- ``catalog``: named models (``--model``, ``--models-dir``), load on first use, bounded
+  FIFO queues, keep-alive, least-recently-used swaps.
+- ``chat_engine``: the one place that runs a chat: render, reuse the KV cache, stream.
+- ``openai_api`` (+ ``openai_wire``): ``/v1/...``; ``ollama_api`` (+ ``ollama_wire``):
+  ``/api/...`` (Home Assistant's Ollama integration).
+- ``mcp_server``: MCP (the official ``mcp`` package) at ``/mcp`` and on stdio.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ not prefilled thanks to reuse).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -387,6 +388,9 @@ class ChatEngine:
             limit=req.max_tokens if llm.runtime.abi != "1.3" else None,
             show_reasoning=req.thinking is not False,
             tools=not raw,
+            tool_names=frozenset(
+                str((t.get("function") or {}).get("name")) for t in (tools or ()) if not raw
+            ),
         )
         return _Run(
             plan=plan, options=options, reply=reply, think=think, load_ms=load_ms, notes=notes
@@ -592,18 +596,8 @@ class ChatEngine:
         cache_dir: Path | None = getattr(self.catalog, "cache_dir", None)
         if cache_dir is None or req.raw_prompt is not None:
             return None
-        system = [dict(m) for m in messages[:1] if m.get("role") == "system"]
-        if not system and not tools:
-            return None
-        if req.tool_choice == "required" and system:
-            system = [_with_instruction(system)[0]]
-        try:
-            head = loaded.template.render(
-                system, tools=tools, add_generation_prompt=False, enable_thinking=req.thinking
-            )
-        except Exception:  # a template that cannot render a lone system turn: no prefix
-            return None
-        if len(head) < self.prefix_min_chars or not prompt.startswith(head):
+        head = _shared_prefix(loaded.template, req, messages, tools)
+        if head is None or len(head) < self.prefix_min_chars or not prompt.startswith(head):
             return None
         model = Path(loaded.spec.path)
         try:
@@ -637,8 +631,24 @@ class ChatEngine:
 # ---- requests -----------------------------------------------------------------------------
 
 
+def _sampling_values(req: ChatRequest) -> dict[str, Any]:
+    """The request's sampling values, each checked as the runtime's ``Sampling`` takes it."""
+    given: dict[str, Any] = {
+        name: getattr(req, name) for name in SAMPLING_FIELDS if getattr(req, name) is not None
+    }
+    for name, value in given.items():
+        try:
+            Sampling(**{name: value})
+        except (InvalidParamsError, TypeError, ValueError) as exc:
+            raise RequestError(name, f"{name}: {exc}") from exc
+    return given
+
+
 def _check_request(req: ChatRequest) -> list[Mapping[str, Any]] | None:
-    """Static checks; the tools the template shows (None: none)."""
+    """Static checks (before queueing); the tools the template shows (None: none)."""
+    _sampling_values(req)
+    if req.seed is not None and not isinstance(req.seed, int):
+        raise RequestError("seed", "seed must be an integer")
     if req.max_tokens is not None and (not isinstance(req.max_tokens, int) or req.max_tokens < 1):
         raise RequestError("max_tokens", "max_tokens must be a positive integer")
     for s in req.stop:
@@ -721,20 +731,45 @@ def _render(
         raise RequestError("messages", f"the chat template cannot render this: {exc}") from exc
 
 
+_SENTINEL = "\x00rkllm-first-user-message\x00"
+
+
+def _shared_prefix(
+    template: ChatTemplate,
+    req: ChatRequest,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> str | None:
+    """The prompt text before the first user message's content: the system turn, tools
+    (wherever the template puts them: Llama 3 in the first user turn) and headers, which
+    new conversations with the same system prompt share. None when there is no user
+    message or the template cannot render it."""
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    if first is None:
+        return None
+    probe: Sequence[Mapping[str, Any]] = [
+        *messages[:first],
+        {"role": "user", "content": _SENTINEL},
+    ]
+    if req.tool_choice == "required":
+        probe = _with_instruction(probe)
+    try:
+        text = template.render(
+            probe, tools=tools, add_generation_prompt=False, enable_thinking=req.thinking
+        )
+    except ValueError:  # TemplateError
+        return None
+    cut = text.find(_SENTINEL)
+    return text[:cut] if cut > 0 else None
+
+
 def _same(a: float, b: float | None) -> bool:
     return b is not None and math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-6)
 
 
 def _run_options(llm: AsyncLLM, req: ChatRequest) -> RunOptions:
     """keep_history, max_new_tokens and sampling for this request on this runtime."""
-    given: dict[str, Any] = {
-        name: getattr(req, name) for name in SAMPLING_FIELDS if getattr(req, name) is not None
-    }
-    for name, value in given.items():
-        try:
-            Sampling(**{name: value})
-        except (InvalidParamsError, TypeError, ValueError) as exc:
-            raise RequestError(name, f"{name}: {exc}") from exc
+    given = _sampling_values(req)
     params = llm.params
     abi = llm.runtime.abi
     if req.seed is not None:
@@ -799,6 +834,7 @@ class _Reply:
         limit: int | None,
         show_reasoning: bool,
         tools: bool,
+        tool_names: frozenset[str] = frozenset(),
     ) -> None:
         self._tags = think_tags
         self._in_think = in_think
@@ -810,6 +846,10 @@ class _Reply:
         self._tools = tools
         self._lead = False  # strip the whitespace that starts content after a think block
         self._reasoning_lead = True  # ... and that starts reasoning
+        # Content that starts like a bare JSON tool call (Llama 3's format), while tools are
+        # shown: held back and parsed at the end.
+        self._tool_names = tool_names
+        self._json: list[str] | None = None
         self.raw_parts: list[str] = []
         self.content: list[str] = []
         self.reasoning: list[str] = []
@@ -850,8 +890,19 @@ class _Reply:
         return out
 
     def end(self) -> list[ChatDelta]:
-        """The run has ended: what was held back (it did not start a stop string)."""
-        return [] if self.finish == "stop" else self._flush()
+        """The run has ended: what was held back (it did not start a stop string), and a
+        held-back JSON reply as tool calls, or as content when it is not one."""
+        out = [] if self.finish == "stop" else self._flush()
+        if self._json is not None:
+            text, self._json = "".join(self._json), None
+            calls = _bare_tool_calls(text, self._tool_names, first_index=len(self.tool_calls))
+            if calls:
+                self.tool_calls.extend(calls)
+                out.append(ChatDelta(tool_calls=tuple(calls)))
+            else:
+                self.content.append(text)
+                out.append(ChatDelta(content=text))
+        return out
 
     def _split(self, text: str) -> list[tuple[str, str]]:
         """(kind, text) pieces, think tags removed: "reasoning" inside a block, else "content"."""
@@ -924,8 +975,49 @@ class _Reply:
                         out.append(ChatDelta(reasoning=text))
             else:
                 text = piece.lstrip() if self._lead else piece
-                if text:
+                if (
+                    self._json is None
+                    and self._tool_names
+                    and not self.content
+                    and text.lstrip().startswith(("{", "["))
+                ):
+                    self._json = []
+                if text and self._json is not None:
+                    self._json.append(text)
+                elif text:
                     self._lead = False
                     self.content.append(text)
                     out.append(ChatDelta(content=text))
         return out
+
+
+def _bare_tool_calls(text: str, names: frozenset[str], *, first_index: int) -> list[ToolCall]:
+    """Tool calls written as bare JSON (``{"name": ..., "parameters": {...}}``, Llama 3's
+    format; several separated by ``;`` or new lines, or a list), or [] when ``text`` is
+    anything else."""
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    pos, text = 0, text.strip()
+    while pos < len(text):
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return []
+        items.extend(value if isinstance(value, list) else [value])
+        while pos < len(text) and text[pos] in " \t\r\n;":
+            pos += 1
+    calls = []
+    for n, item in enumerate(items, start=first_index):
+        if not isinstance(item, dict) or item.get("name") not in names:
+            return []
+        args = item.get("parameters", item.get("arguments", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                return []
+        if not isinstance(args, dict):
+            return []
+        digest = hashlib.sha1(json.dumps(item, sort_keys=True).encode()).hexdigest()[:8]
+        calls.append(ToolCall(name=item["name"], arguments=args, id=f"call_{n}_{digest}"))
+    return calls

@@ -14,11 +14,12 @@ the two:
    only the rest is sent, with ``keep_history``. The cache "stands for" its exact text, or
    the same text with the latest reply's ``<think>`` block removed (chat templates drop past
    reasoning; the model keeps seeing its own, as a runtime chat session would).
-4. Otherwise the cache is cleared and everything is sent. If the conversation starts with a
-   long system turn (tools and state, :attr:`ChatEngine.prefix_min_chars` characters or
-   more), the first such run saves a prompt cache into the catalog's cache directory
-   (bounded, least recently used deleted first) and later fresh runs load it: the runtime
-   skips the longest common prefix.
+4. Otherwise the cache is cleared and everything is sent. If the text before the first
+   user message's own (system turn, tools, headers) is long
+   (:attr:`ChatEngine.prefix_min_chars` characters or more), the first such run saves a
+   prompt cache into ``CACHE_SUBDIR`` of the catalog's cache directory (bounded, least
+   recently used deleted first) and later fresh runs load it: the runtime skips the
+   longest common prefix.
 5. Lines of the system message that change on every request (Home Assistant starts it with
    "Current time is 18:42:07. ...") would defeat both: they move to the start of the newest
    user turn, and stay with that turn in later requests (:attr:`ChatEngine.volatile_patterns`).
@@ -26,8 +27,9 @@ the two:
    record *unknown*: the next request clears the cache and prefills everything.
 
 Deltas stream as the NPU yields them: ``<think>`` text as ``reasoning`` (tags stripped),
-``<tool_call>`` blocks as parsed :class:`~rkllm_sdk.ToolCall` s when a block closes, the rest
-as ``content``; :class:`ChatDone` comes last with the usage (``cached_tokens``: prompt tokens
+``<tool_call>`` blocks as parsed :class:`~rkllm_sdk.ToolCall` s when a block closes (and a
+reply that is bare JSON naming a shown tool, Llama 3's format, when it ends), the rest as
+``content``; :class:`ChatDone` comes last with the usage (``cached_tokens``: prompt tokens
 not prefilled thanks to reuse).
 """
 

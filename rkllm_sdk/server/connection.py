@@ -36,7 +36,7 @@ class MessageTooLargeError(Exception):
 class Connection:
     """One client of a :class:`~.jsonrpc.Server` (what handlers see as their ``Peer``)."""
 
-    def __init__(self, server: Server, *, coalesce: bool = False) -> None:
+    def __init__(self, server: Server, *, coalesce: bool = True) -> None:
         self.server = server
         self.sessions = server.sessions
         self.outbox = Outbox(server.config.outbox_size, coalesce=coalesce)

@@ -1,19 +1,23 @@
 """One connection's outgoing messages: a bounded queue that coalesces run results.
 
 Responses wait for room (the requests producing them are bounded too). Result
-notifications of a run never wait: when the queue is full and its last message is a result
-of the same run (same batch entry), the new chunk is merged into it (text appended, token
-ids extended). A slow client thus gets fewer, larger notifications, the runtime is never
-held up, and memory stays bounded by the queue size and the runs' own text.
+notifications of a run never wait. With ``coalesce`` (every transport's connection and HTTP
+request), a chunk whose run and batch entry still has a result waiting in the queue is
+merged into it (text appended, token ids extended) instead of queued after it: what piles
+up while the writer is busy leaves as one notification, and a client that keeps up still
+gets each chunk as it comes. Without it, chunks merge only when the queue is full. Either
+way a slow client gets fewer, larger notifications, the runtime is never held up, and
+memory stays bounded by the queue size and the runs' own text.
 
-With ``coalesce`` (the HTTP faces: SSE and WebSocket), when the writer takes a result off
-the queue, the results of the same run and batch entry queued right behind it go out in
-it too: there every message costs a pass through Starlette / uvicorn (an SSE event, a
-WebSocket frame), so a backlog leaves as one notification instead of one per token, while
-a client that keeps up still gets each token as it comes. Measured in one session
-(``python -m benchmarks.server``, ABI 1.3): SSE 0.07 -> 0.20 and WebSocket 0.045 -> 0.19 of
-the in-process rate with it; TCP / Unix lines 0.34 -> 0.20 with it (not understood yet),
-so the newline transports send one notification per token.
+Why coalescing is on for every transport (``python -m benchmarks.server`` and an A/B of
+the variants in one sitting, ABI 1.3, tokens/s as a fraction of the in-process rate):
+the cost that matters is per token, not per message. An earlier version merged at the
+writer, so with ``coalesce`` the queue never filled and every token became a queued item
+and woke the writer through a fresh ``anyio.Event`` (about a fifth of the server's time);
+without it the queue filled within the SDK's burst of chunks and later tokens merged for
+free. That is why coalescing then cut TCP / Unix from 0.34 to 0.23. Merging on the way in,
+and waking only a writer that waits, took TCP / Unix to 0.36-0.40 and SSE / WebSocket from
+0.23 to 0.33.
 
 Sequence numbers are given when a notification leaves the queue, so they stay contiguous
 from 0 whatever was merged.
@@ -37,17 +41,13 @@ def dumps(message: Any) -> str:
 
 
 class _Result:
-    __slots__ = ("params", "run", "texts")
+    __slots__ = ("key", "params", "texts")
 
-    def __init__(self, run: object, params: dict[str, Any]) -> None:
-        self.run = run
+    def __init__(self, key: tuple[object, Any], params: dict[str, Any]) -> None:
+        self.key = key  # (run, batch entry)
         self.params = params
         # Joined once when sent: appending piece by piece would copy the text each time.
         self.texts = [params["text"]]
-
-    def follows(self, run: object, params: dict[str, Any]) -> bool:
-        """Whether ``params`` is a later chunk of the same run and batch entry."""
-        return self.run is run and self.params.get("batch") == params.get("batch")
 
     def absorb(self, params: dict[str, Any]) -> None:
         """Append a later chunk of the same run and batch entry."""
@@ -59,12 +59,16 @@ class _Result:
 class Outbox:
     """A bounded FIFO of outgoing messages (serialized responses, result notifications)."""
 
-    def __init__(self, size: int, *, coalesce: bool = False) -> None:
+    def __init__(self, size: int, *, coalesce: bool = True) -> None:
         self._size = max(1, size)
         self._coalesce = coalesce
         self._items: deque[str | _Result] = deque()
+        # Each (run, batch entry)'s latest queued result: where a later chunk merges.
+        self._latest: dict[tuple[object, Any], _Result] = {}
         self._seq: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
-        self._changed = anyio.Event()
+        # Made by a waiter, set and dropped by the next change: a put or get that nobody
+        # waits for creates no event.
+        self._waiter: anyio.Event | None = None
         self.merged = 0  # notifications coalesced into an earlier one, for stats
         self._closed = False
 
@@ -77,28 +81,37 @@ class Outbox:
         return len(self._items)
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    async def _changed(self) -> None:
+        if self._waiter is None:
+            self._waiter = anyio.Event()
+        await self._waiter.wait()
 
     async def put(self, text: str) -> None:
         """Queue a serialized message, waiting while the queue is full."""
         while len(self._items) >= self._size:
-            await self._changed.wait()
+            await self._changed()
         self._items.append(text)
         self._wake()
 
     def put_result(self, run: object, params: dict[str, Any]) -> None:
-        """Queue a ``rkllm_result`` notification of ``run``; merge it when the queue is full."""
-        if len(self._items) >= self._size:
-            # The run's latest queued result (order within the run is kept: its response
-            # is queued only after its last result).
-            for item in reversed(self._items):
-                if isinstance(item, _Result) and item.follows(run, params):
-                    item.absorb(params)
-                    self.merged += 1
-                    return
+        """Queue a ``rkllm_result`` notification of ``run``; merge it when the queue is full
+        (with ``coalesce``: whenever a result of the same run and batch entry is queued)."""
+        key = (run, params.get("batch"))
+        latest = self._latest.get(key)
+        # Order within the run is kept: its response is queued only after its last result.
+        if latest is not None and (self._coalesce or len(self._items) >= self._size):
+            latest.absorb(params)
+            self.merged += 1
+            return
         # Never waits: at most one extra item per run beyond the size (the run then merges).
-        self._items.append(_Result(run, params))
+        item = _Result(key, params)
+        self._items.append(item)
+        self._latest[key] = item
         self._wake()
 
     async def get(self) -> str:
@@ -110,20 +123,15 @@ class Outbox:
         while not self._items:
             if self._closed:
                 raise anyio.EndOfStream
-            await self._changed.wait()
+            await self._changed()
         item = self._items.popleft()
         self._wake()
         if isinstance(item, str):
             return item
-        items = self._items
-        while self._coalesce and items:  # what queued up behind it goes out with it
-            nxt = items[0]
-            if not isinstance(nxt, _Result) or not nxt.follows(item.run, item.params):
-                break
-            items.popleft()
-            item.absorb(nxt.params)
-            self.merged += 1
-        seq = self._seq.get(item.run, 0)
-        self._seq[item.run] = seq + 1
+        if self._latest.get(item.key) is item:
+            del self._latest[item.key]
+        run = item.key[0]
+        seq = self._seq.get(run, 0)
+        self._seq[run] = seq + 1
         params = {**item.params, "text": "".join(item.texts), "seq": seq}
         return dumps({"jsonrpc": "2.0", "method": "rkllm_result", "params": params})

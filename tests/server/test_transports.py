@@ -13,6 +13,7 @@ import pytest
 
 from rkllm_sdk import AsyncLLM
 from rkllm_sdk.server import Server
+from rkllm_sdk.server.outbox import Outbox
 from rkllm_sdk.server.transports import open_unix, serve_listener
 
 from .conftest import DEADLINE_S, LineClient, live_handles, wait_until_idle
@@ -163,3 +164,71 @@ def test_spawned_stdio_server_discovers_and_streams(models_dir: Path, abi: str) 
     assert final["id"] == "run" and final["result"]["finish_reason"] == "stop"
     assert "".join(n["params"]["text"] for n in notes) == final["result"]["text"]
     assert b"rkllm_run" in err and b"ms ok" in err
+
+
+class _Run:
+    """A run as the outbox sees it: any object it can hold a weak reference to."""
+
+
+def _note(text: str, token: int, batch: int | None = None) -> dict[str, object]:
+    note: dict[str, object] = {"id": 7, "text": text, "token_id": token, "token_ids": [token]}
+    if batch is not None:
+        note["batch"] = batch
+    return note
+
+
+async def test_outbox_merges_a_chunk_into_its_runs_queued_result() -> None:
+    """Coalescing (every transport): a chunk whose run and batch entry has a result still
+    queued joins it, wherever it is in the queue; one sent starts a new one; seq contiguous."""
+    outbox = Outbox(8)
+    run, other = _Run(), _Run()
+    outbox.put_result(run, _note("a", 1))
+    await outbox.put('{"id":1}')
+    outbox.put_result(other, _note("x", 9))
+    outbox.put_result(run, _note("b", 2))
+    outbox.put_result(run, _note("c", 3, batch=1))
+    outbox.put_result(run, _note("d", 4, batch=1))
+    assert len(outbox) == 4 and outbox.merged == 2
+    first = json.loads(await outbox.get())["params"]
+    assert (first["text"], first["token_ids"], first["token_id"], first["seq"]) == (
+        "ab",
+        [1, 2],
+        2,
+        0,
+    )
+    assert await outbox.get() == '{"id":1}'
+    outbox.put_result(run, _note("e", 5))  # its queued result has gone: a new one
+    sent = [json.loads(await outbox.get())["params"] for _ in range(3)]
+    assert [(p["text"], p["seq"]) for p in sent] == [("x", 0), ("cd", 1), ("e", 2)]
+    assert sent[1]["batch"] == 1 and sent[1]["token_ids"] == [3, 4]
+
+
+async def test_outbox_without_coalescing_merges_only_when_full() -> None:
+    outbox = Outbox(2, coalesce=False)
+    run = _Run()
+    for i in range(4):
+        outbox.put_result(run, _note(str(i), i))
+    assert len(outbox) == 2 and outbox.merged == 2
+    texts = [json.loads(await outbox.get())["params"]["text"] for _ in range(2)]
+    assert texts == ["0", "123"]
+
+
+async def test_outbox_wakes_a_waiting_writer_and_ends_on_close() -> None:
+    outbox = Outbox(4)
+    got: list[str] = []
+
+    async def writer() -> None:
+        while True:
+            try:
+                got.append(json.loads(await outbox.get())["params"]["text"])
+            except anyio.EndOfStream:
+                return
+
+    with anyio.fail_after(DEADLINE_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            await anyio.wait_all_tasks_blocked()
+            outbox.put_result(_Run(), _note("a", 1))
+            await anyio.wait_all_tasks_blocked()
+            assert got == ["a"]
+            outbox.close()

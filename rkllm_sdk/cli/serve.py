@@ -158,12 +158,17 @@ def _faces(server: Server, args: argparse.Namespace, specs: list[ModelSpec]) -> 
 
 
 def _mount(face: HttpFace, faces: _Faces, loopback: bool) -> list[str]:
-    """Mount MCP on ``face``; the paths it serves."""
+    """Mount MCP and the OpenAI and Ollama APIs on ``face``; the paths they serve."""
+    from ..server.ollama_api import ollama_routes  # noqa: PLC0415
+    from ..server.openai_api import openai_routes  # noqa: PLC0415
+
     faces.mcp.mount(face, dns_rebinding_protection=loopback)
+    face.add(openai_routes(faces.engine, face.authorized, log=_log))
+    face.add(ollama_routes(faces.engine, face.authorized, log=_log))
     # The catalog's lifespan is entered by _serve around every face (stdio MCP uses it
     # too), not given to face.add: the HTTP face renders its metrics on GET /metrics.
     face.add([], metrics_text=faces.catalog.metrics_text)
-    return ["/mcp"]
+    return ["/mcp", "/v1 (OpenAI)", "/api (Ollama)"]
 
 
 async def _serve(

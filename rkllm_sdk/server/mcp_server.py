@@ -55,14 +55,20 @@ import contextlib
 import contextvars
 import datetime as dt
 import json
+import os
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 import attrs
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server as LowLevelServer
@@ -312,6 +318,64 @@ def _jsonable(value: Any) -> Any:  # noqa: PLR0911  # one answer per kind of val
     return str(value)
 
 
+class _StdinLines:
+    """The lines of a file descriptor (without their newline), for the ``mcp`` package's
+    stdio server.
+
+    A daemon thread reads: a blocked read neither delays a cancellation nor, as a worker
+    thread would, the interpreter's exit (SIGTERM while the client is silent). A line
+    longer than ``max_bytes`` is dropped as it comes and replaced by an empty one (which
+    the server rejects as not JSON): memory stays bounded.
+    """
+
+    def __init__(self, fd: int, max_bytes: int) -> None:
+        self.fd = fd
+        self.max_bytes = max_bytes
+
+    def _reader(
+        self, chunks: MemoryObjectSendStream[bytes], token: anyio.lowlevel.EventLoopToken
+    ) -> None:
+        """The thread: read until EOF (b"" sent), or until nobody listens."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            try:
+                anyio.from_thread.run(chunks.send, data, token=token)
+            except Exception:  # the reader has gone, or the event loop has ended
+                return
+            if not data:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        send, receive = anyio.create_memory_object_stream[bytes](4)
+        token = anyio.lowlevel.current_token()
+        thread = threading.Thread(
+            target=self._reader, args=(send, token), name="rkllm-mcp-stdin", daemon=True
+        )
+        thread.start()
+        pending = bytearray()
+        dropping = False
+        with send:  # closed when iteration ends: the thread's next send fails, it stops
+            async with receive:
+                async for data in receive:
+                    if not data:
+                        break
+                    pending += data
+                    while (end := pending.find(b"\n")) >= 0:
+                        too_long = dropping or end > self.max_bytes
+                        line = b"" if too_long else bytes(pending[:end])
+                        del pending[: end + 1]
+                        dropping = False
+                        yield line
+                    if len(pending) > self.max_bytes:
+                        pending.clear()
+                        dropping = True
+        if pending.strip() and not dropping:
+            yield bytes(pending)
+
+
 class _Endpoint:
     """An ASGI callable as a route's endpoint (Starlette serves a function or method
     endpoint as a GET request handler, an object as a raw ASGI app)."""
@@ -371,12 +435,17 @@ class McpFace:
     # -- transports -------------------------------------------------------------------------
 
     async def serve_stdio(self) -> None:
-        """Serve one client on standard input / output until it closes them.
+        """Serve one client on standard input / output until it closes them (or this is
+        cancelled: SIGTERM).
 
-        While serving, fd 1 points at stderr (the ``mcp`` package's stdio server), so stray
-        output cannot corrupt the protocol; logs go to stderr anyway.
+        While serving, fd 1 points at stderr (the ``mcp`` package's stdio server claims
+        it), so output of the runtime's own cannot corrupt the protocol. Standard input is
+        read here by a daemon thread: the package's reader, in a worker thread, would keep
+        the process from exiting until the client sent another line.
         """
-        async with stdio_server() as (read, write):
+        lines = _StdinLines(sys.stdin.fileno(), self.server.config.max_message_bytes)
+        stdin = cast("anyio.AsyncFile[str]", lines)  # it only iterates over the lines
+        async with stdio_server(stdin=stdin) as (read, write):
             await self.mcp.run(read, write, self.mcp.create_initialization_options())
 
     def mount(self, face: HttpFace, *, dns_rebinding_protection: bool = True) -> None:

@@ -16,10 +16,23 @@ import pytest
 
 from rkllm_sdk.cli._parser import build_parser
 from rkllm_sdk.cli.serve import model_specs
+from rkllm_sdk.testing import FakeModel
 from tests.conftest import ModelFactory, skip_if_runtime_installed
 from tests.server.conftest import DEADLINE_S
 
 from .test_cli import env, rkllm
+
+#: An MCP initialize request (the handshake era's first message).
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
 
 
 def usage_error(*args: str) -> str:
@@ -131,46 +144,65 @@ def test_mcp_stdio_on_the_bundled_fake_names_its_demo_model() -> None:
     assert done.stdout == ""
 
 
-def test_http_announces_every_endpoint_and_exits_0_on_sigterm(
-    abi: str, model: ModelFactory
-) -> None:
+def test_sigterm_ends_mcp_stdio_while_its_client_is_connected() -> None:
+    """SIGTERM stops ``rkllm serve --mcp-stdio`` (exit 0) even while standard input stays
+    open and silent: the blocked read does not keep it alive."""
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--mcp-stdio", "--runtime", "fake"]
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env()
+    ) as proc:
+        assert proc.stderr and proc.stdin and proc.stdout
+        proc.stdin.write(json.dumps(INITIALIZE).encode() + b"\n")
+        proc.stdin.flush()
+        assert b'"serverInfo"' in proc.stdout.readline()  # serving (signals handled)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
+        assert "SIGTERM" in proc.stderr.read().decode()
+        proc.stdin.close()
+    assert proc.returncode == 0
+
+
+def test_http_announces_every_endpoint_and_exits_0_on_sigterm(abi: str, tmp_path: Path) -> None:
     """``rkllm serve --http`` with a --model logs its named models and every path it serves
-    (JSON-RPC, MCP), answers an MCP initialize at /mcp, and exits 0 on
-    SIGTERM (the catalog unloads its models)."""
-    path = model(replies={"Hello": "Hi!"})
+    (JSON-RPC, MCP, OpenAI, Ollama), answers an MCP initialize at /mcp, lists the model and
+    chats on /v1 and /api, and exits 0 on SIGTERM (the catalog unloads its models)."""
+    path = FakeModel(replies={"Hello": "Hi!"}).write(tmp_path / "demo.json")
     cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--http", "127.0.0.1:0"]
     cmd += ["--runtime", "fake", "--abi", abi, "--model", f"demo={path}", "--keep-alive", "-1"]
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env()) as proc:
-        assert proc.stderr and proc.stdout
-        lines = []
-        port = None
-        for _ in range(50):
-            line = proc.stderr.readline().decode()
-            lines.append(line)
-            found = re.search(r"listening on http 127\.0\.0\.1:(\d+) \((.*)\)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        assert port, lines
-        assert "named models: demo:latest" in "".join(lines)
-        for where in ("/rpc", "/ws", "/mcp", "/metrics"):
-            assert where in lines[-1]
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"},
-            },
-        }
-        headers = {"Accept": "application/json, text/event-stream"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as c:
-            r = c.post("/mcp", json=init, headers=headers)
-            assert r.status_code == 200 and '"serverInfo"' in r.text
-            assert r.headers["mcp-session-id"]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=DEADLINE_S)
-        assert proc.stdout.read() == b""
+        try:
+            assert proc.stderr and proc.stdout
+            lines = []
+            port = None
+            for _ in range(50):
+                line = proc.stderr.readline().decode()
+                lines.append(line)
+                found = re.search(r"listening on http 127\.0\.0\.1:(\d+) \((.*)\)", line)
+                if found:
+                    port = int(found.group(1))
+                    break
+            assert port, lines
+            assert "named models: demo:latest" in "".join(lines)
+            for where in ("/rpc", "/ws", "/mcp", "/v1 (OpenAI)", "/api (Ollama)", "/metrics"):
+                assert where in lines[-1]
+            headers = {"Accept": "application/json, text/event-stream"}
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as c:
+                r = c.post("/mcp", json=INITIALIZE, headers=headers)
+                assert r.status_code == 200 and '"serverInfo"' in r.text
+                assert r.headers["mcp-session-id"]
+                models = c.get("/v1/models").json()["data"]
+                assert [m["id"] for m in models] == ["demo:latest"]
+                tags = c.get("/api/tags").json()["models"]
+                assert [m["name"] for m in tags] == ["demo:latest"]
+                hello = [{"role": "user", "content": "Hello"}]
+                openai = c.post("/v1/chat/completions", json={"model": "demo", "messages": hello})
+                assert openai.json()["choices"][0]["message"]["content"] == "Hi!"
+                body = {"model": "demo", "messages": hello, "stream": False}
+                assert c.post("/api/chat", json=body).json()["message"]["content"] == "Hi!"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE_S)
+            assert proc.stdout.read() == b""
+        finally:
+            if proc.poll() is None:  # a failed assertion: do not wait forever
+                proc.kill()
     assert proc.returncode == 0

@@ -26,7 +26,7 @@ from rkllm_sdk.server import Server
 from rkllm_sdk.server.catalog import ModelCatalog, scan_models_dir
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.mcp_server import CHAT_SCHEMA, GENERATE_SCHEMA, McpFace
+from rkllm_sdk.server.mcp_server import CHAT_SCHEMA, GENERATE_SCHEMA, McpFace, _StdinLines
 from rkllm_sdk.server.registry import REGISTRY
 
 from .conftest import DEADLINE_S, live_handles
@@ -470,6 +470,20 @@ async def test_http_handles_belong_to_the_session(
 
 
 # -- stdio -------------------------------------------------------------------------------------
+
+
+async def test_stdin_lines_are_bounded_and_end_at_eof() -> None:
+    """The stdio reader yields lines without their newline, an over-long line as an empty
+    one (dropped as it came), and a last line without newline at EOF."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as w:
+        w.write(b"one\n" + b"x" * 100 + b"\ntwo\n" + b"y" * 200 + b"\nlast")
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            got = [line async for line in _StdinLines(read_fd, max_bytes=50)]
+    finally:
+        os.close(read_fd)
+    assert got == [b"one", b"", b"two", b"", b"last"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

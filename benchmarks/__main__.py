@@ -227,14 +227,20 @@ async def loop_lag(llm: AsyncLLM | None, seconds: float = 0.0) -> list[float]:
 
 
 async def wakeup_floor(n: int = 300, period_s: float = 0.002) -> list[float]:
-    """Microseconds from a thread's eventfd write to a task woken by the loop (no SDK)."""
+    """Microseconds from a thread's eventfd write to a task woken by the loop (no SDK).
+
+    One sample per write: writes that piled up while the loop was late (an eventfd adds
+    them up and wakes once) each count from their own stamp.
+    """
     loop = asyncio.get_running_loop()
     fd = os.eventfd(0, os.EFD_NONBLOCK)
     stamps: list[int] = []
     waiter: asyncio.Future[None] | None = None
+    received = 0  # writes read so far
 
     def ready() -> None:
-        os.eventfd_read(fd)
+        nonlocal received
+        received += os.eventfd_read(fd)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -249,10 +255,12 @@ async def wakeup_floor(n: int = 300, period_s: float = 0.002) -> list[float]:
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(lat) < n:
+        # Counting wake-ups instead waited forever once two writes had been read as one.
+        while received < n:
             waiter = loop.create_future()
             await waiter
-            lat.append((time.monotonic_ns() - stamps[-1]) / 1e3)
+            now = time.monotonic_ns()
+            lat += [(now - stamp) / 1e3 for stamp in stamps[len(lat) : received]]
     finally:
         loop.remove_reader(fd)
         thread.join()

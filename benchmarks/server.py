@@ -11,7 +11,10 @@ message as JSON (what any client must do). Medians (or pooled samples) of ``--re
   (``decode_ms`` 0, ``--tokens`` tokens): the baseline of every ``*_ratio``.
 - tcp / unix / sse / ws_tokens_per_s and ``*_ratio``: the same run through the server over
   TCP, a Unix socket, ``POST /rpc`` with ``Accept: text/event-stream`` (httpx, streaming)
-  and ``/ws`` (the ``websockets`` client). Targets: ratio >= 0.3, SSE >= 0.2.
+  and ``/ws`` (the ``websockets`` client). Targets: ratio >= 0.3, SSE >= 0.2. The runs go
+  in rounds (in-process, then each transport) and ``*_ratio`` is the median of each
+  round's ratio, so a machine whose speed drifts during the run (a shared VM) compares
+  figures taken a second apart, not a minute apart.
 - Latency, ``*_latency_p50_us`` / ``_p99_us``: the fake paced at ``decode_ms`` 2 (one token
   at a time, an idle server), ``--latency-tokens`` per run, samples of all runs pooled. The
   server is started by :mod:`benchmarks.server_stamp`, which stamps each ``rkllm_result``
@@ -41,11 +44,17 @@ message as JSON (what any client must do). Medians (or pooled samples) of ``--re
 - rss_growth_mb: the server's VmRSS (``/proc/<pid>/status``) after ``--rss-requests``
   mixed requests (cycles of init, 6 x ``rkllm_is_running``, 2 runs of 8 tokens, destroy)
   minus after a warm-up of a tenth as many (target < 5 MB).
+
+Any error fails the whole benchmark loudly: each step (a run through one transport, the
+concurrency figure, ...) has a deadline (``--step-timeout``), the servers' stderr is kept
+and its end shown when they fail or exit early, and the command prints the step and the
+error on stderr and exits 1 (printing no figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -54,8 +63,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -76,6 +87,66 @@ from .server_load import concurrent, rss_growth
 
 ENV = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
 ROOT = str(Path(__file__).resolve().parents[1])  # the cwd of the -m children
+#: Seconds one step may take (``--step-timeout``); a whole run takes about a minute.
+STEP_S = 120.0
+
+
+class BenchmarkError(Exception):
+    """A step of the benchmark failed: the message names it."""
+
+
+_STEP_S: ContextVar[float] = ContextVar("step_s", default=STEP_S)
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """One step: fails after the step timeout (a hang is an error too); errors name it."""
+    seconds = _STEP_S.get()
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        raise BenchmarkError(f"{name}: no result after {seconds:g} s") from None
+    except BenchmarkError:
+        raise
+    except Exception as exc:
+        raise BenchmarkError(f"{name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a child's stderr file, for an error message."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(f"    | {line}" for line in text)
+
+
+@asynccontextmanager
+async def _child(name: str, cmd: list[str], log: Path) -> AsyncIterator[anyio.abc.Process]:
+    """A child process with its stderr in ``log``: an error while it serves, or its exit
+    before it is told to stop, raises :class:`BenchmarkError` with the end of that stderr."""
+    with log.open("wb") as err:
+        proc = await anyio.open_process(
+            cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
+        )
+    async with proc:
+        try:
+            yield proc
+        except Exception as exc:
+            with anyio.move_on_after(0.5):  # has it died? (a client saw it go first)
+                await proc.wait()
+            died = "" if proc.returncode is None else f" (it exited {proc.returncode})"
+            raise BenchmarkError(f"{exc}\n  {name}'s stderr{died}:\n{_tail(log)}") from exc
+        finally:
+            early = proc.returncode
+            if early is None:
+                with contextlib.suppress(ProcessLookupError):  # it has just exited
+                    proc.terminate()
+                with anyio.move_on_after(10):
+                    await proc.wait()
+        if early is not None:
+            raise BenchmarkError(f"{name} exited {early} while in use:\n{_tail(log)}")
 
 
 def _free_port() -> int:
@@ -148,19 +219,15 @@ async def _serve(abi: str, models: Path, *, stamped: bool) -> AsyncIterator[_Ser
     )
     cmd = [*exe, "serve", "--runtime", "fake", "--abi", abi, "--models-dir", str(models)]
     cmd += ["--tcp", f"127.0.0.1:{port}", "--unix", unix, "--http", f"127.0.0.1:{http}"]
-    async with await anyio.open_process(
-        cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as proc:
-        try:
-            with anyio.fail_after(30):
-                while not await anyio.Path(unix).exists():  # noqa: ASYNC110  # another process
-                    await anyio.sleep(0.05)
+    log = models / f"serve-{abi}-{stamped}.log"
+    async with _child(f"rkllm serve (ABI {abi})", cmd, log) as proc:
+        with _step(f"ABI {abi}: starting rkllm serve"):
+            while not await anyio.Path(unix).exists():  # another process
+                if proc.returncode is not None:
+                    raise BenchmarkError(f"rkllm serve exited {proc.returncode}")
+                await anyio.sleep(0.05)
             await _wait_http(http)
-            yield _Server(proc, port, unix, http)
-        finally:
-            proc.terminate()
-            with anyio.move_on_after(10):
-                await proc.wait()
+        yield _Server(proc, port, unix, http)
 
 
 async def _run_on(server: _Server, transport: str, model: str, tokens: int) -> Run:
@@ -184,10 +251,6 @@ def _init_body(model: str, tokens: int) -> dict[str, Any]:
 
 def _destroy_body(handle: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": 9, "method": "rkllm_destroy", "params": {"handle": handle}}
-
-
-async def _median(fn: Callable[[], Awaitable[float]], repeat: int) -> float:
-    return statistics.median([await fn() for _ in range(repeat)])
 
 
 async def _pipe_floor(n: int = 300) -> list[float]:
@@ -217,37 +280,33 @@ async def _latency(abi: str, models: Path, tokens: int, repeat: int) -> dict[str
     runs: dict[str, list[Run]] = {}
     async with _serve(abi, models, stamped=True) as server:
         for transport in TRANSPORTS:
-            await _run_on(server, transport, "paced.json", 20)  # warm-up
-            runs[transport] = [
-                await _run_on(server, transport, "paced.json", tokens) for _ in range(repeat)
-            ]
+            with _step(f"ABI {abi}: latency through {transport}"):
+                await _run_on(server, transport, "paced.json", 20)  # warm-up
+                runs[transport] = [
+                    await _run_on(server, transport, "paced.json", tokens) for _ in range(repeat)
+                ]
     port = _free_port()
     cmd = [sys.executable, "-m", "benchmarks.server_peer", "--port", str(port)]
     cmd += ["--model", str(models / "paced.json"), "--abi", abi]
-    async with await anyio.open_process(
-        cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as proc:
-        try:
+    async with _child(f"the peer (ABI {abi})", cmd, models / f"peer-{abi}.log"):
+        with _step(f"ABI {abi}: the peer's latency"):
             await _wait_http(port, "/")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
                 await peer_run(c, tokens)  # warm-up (loads the model)
                 runs["peer"] = [await peer_run(c, tokens) for _ in range(repeat)]
-        finally:
-            proc.terminate()
-            with anyio.move_on_after(10):
-                await proc.wait()
     for name, rs in runs.items():
         lat = [x for run in rs for x in run.latencies_us]
         gaps = [float(b - a) / 1e6 for run in rs for a, b in pairwise(run.arrivals_ns)]
-        if len(lat) < tokens * repeat * 0.9:
-            raise RuntimeError(f"{name}: {len(lat)} stamped notifications, too few")
+        # A client that lags gets merged notifications (one stamp, its first token's): fewer
+        # samples, never fewer tokens.
+        got = [run.tokens for run in rs]
+        if got != [tokens] * repeat or not lat:
+            raise BenchmarkError(f"{name} latency runs: {got} tokens of {tokens} each")
+        r[f"{name}_latency_samples"] = len(lat)
         r[f"{name}_latency_p50_us"] = _pct(lat, 50)
         r[f"{name}_latency_p99_us"] = _pct(lat, 99)
         r[f"{name}_gap_p99_ms"] = round(float(np.percentile(gaps, 99)), 2)
     r["sse_over_peer_p50"] = round(r["sse_latency_p50_us"] / r["peer_latency_p50_us"], 3)
-    eventfd, pipe = await wakeup_floor(), await _pipe_floor()
-    r["floor_eventfd_p50_us"], r["floor_eventfd_p99_us"] = _pct(eventfd, 50), _pct(eventfd, 99)
-    r["floor_pipe_p50_us"], r["floor_pipe_p99_us"] = _pct(pipe, 50), _pct(pipe, 99)
     return r
 
 
@@ -258,29 +317,45 @@ async def _bench_abi(abi: str, models: Path, args: argparse.Namespace) -> dict[s
     async def own() -> float:
         return (await _in_process(models / "bench.json", abi, tokens))[0]
 
-    rate = await _median(own, repeat)
-    r["in_process_tokens_per_s"] = round(rate)
-    _, expected = await _in_process(models / "bench.json", abi, args.concurrent_tokens)
+    async def through(server: _Server, transport: str) -> float:
+        run = await _run_on(server, transport, "bench.json", tokens)
+        if run.tokens != tokens or run.text != run.reply_text:
+            intact = run.text == run.reply_text
+            raise BenchmarkError(f"{run.tokens} tokens of {tokens}, text intact: {intact}")
+        return run.tokens / run.seconds
+
+    with _step(f"ABI {abi}: the in-process reply"):
+        _, expected = await _in_process(models / "bench.json", abi, args.concurrent_tokens)
     async with _serve(abi, models, stamped=False) as server:
+        rates: dict[str, list[float]] = {name: [] for name in ("in_process", *TRANSPORTS)}
+        for i in range(repeat):
+            with _step(f"ABI {abi}: in-process async for, round {i + 1} of {repeat}"):
+                rates["in_process"].append(await own())
+            for transport in TRANSPORTS:
+                with _step(f"ABI {abi}: through {transport}, round {i + 1} of {repeat}"):
+                    rates[transport].append(await through(server, transport))
+        own_rates = rates["in_process"]
+        r["in_process_tokens_per_s"] = round(statistics.median(own_rates))
         for transport in TRANSPORTS:
-
-            async def through(t: str = transport) -> float:
-                run = await _run_on(server, t, "bench.json", tokens)
-                if run.tokens != tokens or run.text != run.reply_text:
-                    raise RuntimeError(f"{t}: {run.tokens} tokens, text intact: False")
-                return run.tokens / run.seconds
-
-            got = await _median(through, repeat)
-            r[f"{transport}_tokens_per_s"] = round(got)
-            r[f"{transport}_ratio"] = round(got / rate, 3)
-        r |= await concurrent(server.port, "bench.json", args.concurrent_tokens, expected)
-        r |= await rss_growth(server.port, server.proc.pid, "bench.json", args.rss_requests)
+            got = rates[transport]
+            r[f"{transport}_tokens_per_s"] = round(statistics.median(got))
+            ratios = [a / b for a, b in zip(got, own_rates, strict=True)]
+            r[f"{transport}_ratio"] = round(statistics.median(ratios), 3)
+        with _step(f"ABI {abi}: 64 concurrent clients"):
+            r |= await concurrent(server.port, "bench.json", args.concurrent_tokens, expected)
+        with _step(f"ABI {abi}: RSS over {args.rss_requests} requests"):
+            r |= await rss_growth(server.port, server.proc.pid, "bench.json", args.rss_requests)
     r |= await _latency(abi, models, args.latency_tokens, repeat)
+    with _step(f"ABI {abi}: wake-up floors"):
+        eventfd, pipe = await wakeup_floor(), await _pipe_floor()
+    r["floor_eventfd_p50_us"], r["floor_eventfd_p99_us"] = _pct(eventfd, 50), _pct(eventfd, 99)
+    r["floor_pipe_p50_us"], r["floor_pipe_p99_us"] = _pct(pipe, 50), _pct(pipe, 99)
     return r
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every figure of the module docstring, per ABI."""
+    _STEP_S.set(args.step_timeout)
     abis = args.abi or list(ABIS)
     result: dict[str, Any] = {
         k: getattr(args, k)
@@ -303,9 +378,19 @@ def main() -> None:
     parser.add_argument("--concurrent-tokens", type=int, default=2_000)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--abi", choices=ABIS, action="append", help="default: both")
+    parser.add_argument(
+        "--step-timeout", type=float, default=STEP_S, help="seconds one step may take"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RKLLM_FAKE_QUIET", "1")  # the in-process baselines' banner
-    result = anyio.run(run, args)
+    try:
+        result = anyio.run(run, args)
+    except BaseException as exc:  # every failure is reported, then exit 1
+        traceback.print_exc()
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for error in errors:
+            print(f"benchmarks.server: FAILED: {error}", file=sys.stderr)
+        sys.exit(1)
     if args.json:
         print(json.dumps(result))
         return

@@ -33,7 +33,7 @@ class Run:
     reply_text: str = ""
 
     def note(self, params: dict[str, Any], now: int) -> None:
-        self.tokens += len(params.get("token_ids") or [params.get("token_id")])
+        self.tokens += len(params["token_ids"])
         self.text += params["text"]
         self.arrivals_ns.append(now)
         if "t_ns" in params:
@@ -154,6 +154,6 @@ async def peer_run(client: httpx.AsyncClient, tokens: int) -> Run:
     async with client.stream("POST", "/generate", json={"tokens": tokens}) as response:
         async for event, msg in sse_events(response):
             if event == "message":
-                run.note({**msg, "token_ids": [0]}, time.monotonic_ns())
+                run.note({**msg, "token_ids": [0] * msg["tokens"]}, time.monotonic_ns())
     run.seconds = time.perf_counter() - t0
     return run

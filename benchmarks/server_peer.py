@@ -5,9 +5,10 @@
 The vendor's ``flask_server.py`` fills a global list from the runtime's callback while a
 streaming endpoint loops: pop whatever is in the list, send each piece, sleep 5 ms. Here the
 same shape on Starlette + the SDK (benchmark code, not the library): ``POST /generate``
-starts a generation task that appends ``(text, t_ns)`` to a global buffer for each chunk the
-SDK yields (``t_ns``: ``time.monotonic_ns()`` at that moment, as the stamped ``rkllm serve``
-does), and streams Server-Sent Events, one per piece, polling the buffer every 5 ms.
+starts a generation task that appends ``(text, t_ns, tokens)`` to a global buffer for each
+chunk the SDK yields (``t_ns``: ``time.monotonic_ns()`` at that moment, as the stamped
+``rkllm serve`` does), and streams Server-Sent Events, one per piece, polling the buffer
+every 5 ms.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.routing import Route
 
 from rkllm_sdk import AsyncLLM, ModelParams, TokenInput
 
-BUFFER: list[tuple[str, int]] = []  # the demo's global_text
+BUFFER: list[tuple[str, int, int]] = []  # the demo's global_text (+ t_ns, tokens)
 POLL_S = 0.005
 
 
@@ -46,7 +47,7 @@ def app(model: Path, abi: str) -> Starlette:
             try:
                 async with llm[0].stream(TokenInput(ids=[1, 2, 3])) as s:
                     async for chunk in s:
-                        BUFFER.append((chunk.text, time.monotonic_ns()))
+                        BUFFER.append((chunk.text, time.monotonic_ns(), len(chunk.token_ids)))
             finally:
                 done.set()
 
@@ -55,8 +56,8 @@ def app(model: Path, abi: str) -> Starlette:
         async def events() -> AsyncIterator[str]:
             while not done.is_set() or BUFFER:
                 while BUFFER:
-                    text, t_ns = BUFFER.pop(0)
-                    yield f"data: {json.dumps({'text': text, 't_ns': t_ns})}\n\n"
+                    text, t_ns, n = BUFFER.pop(0)
+                    yield f"data: {json.dumps({'text': text, 't_ns': t_ns, 'tokens': n})}\n\n"
                 await asyncio.sleep(POLL_S)
             await task
             yield "event: end\ndata: {}\n\n"

@@ -31,8 +31,9 @@ A failed call is a tool result with ``isError`` whose ``structuredContent`` is t
 JSON-RPC error object the proxy would have answered (``code``, ``message``, ``data``).
 
 Streaming: when the caller sends a progress token, every chunk of a run goes out as a
-``notifications/progress`` as soon as it is produced (``progress``: tokens so far;
-``message``: the new text); the result then holds the whole text, finish reason and perf.
+``notifications/progress`` as soon as it is produced (``message``: the new text;
+``progress``: tokens so far, for ``generate`` and ``chat`` the engine's pieces of text so
+far, about one per token); the result then holds the whole text, finish reason and perf.
 Cancelling the request cancels the handler, which aborts the run on the NPU.
 
 Who owns the handles a client creates with ``rkllm_init``:
@@ -639,7 +640,7 @@ class McpFace:
             data = {"type": "InvalidParamsError", "path": exc.path, "function": name}
             return _error(INVALID_PARAMS, f"Invalid params: {exc}", data)
         done: ChatDone | None = None
-        tokens = 0
+        pieces = 0
         try:
             async with contextlib.aclosing(self.engine.chat(request)) as events:
                 async for event in events:
@@ -648,8 +649,8 @@ class McpFace:
                         continue
                     text = event.reasoning + event.content
                     if text:
-                        tokens += 1
-                        await ctx.session.report_progress(tokens, None, text)
+                        pieces += 1
+                        await ctx.session.report_progress(pieces, None, text)
         except (ModelNotFoundError, QueueFullError, RequestError, TemplateError, RKLLMError) as exc:
             return _engine_error(exc, name)
         if done is None:  # the engine always ends with ChatDone: a bug of ours

@@ -166,8 +166,8 @@ def _mount(face: HttpFace, faces: _Faces, loopback: bool) -> list[str]:
     face.add(openai_routes(faces.engine, face.authorized, log=_log))
     face.add(ollama_routes(faces.engine, face.authorized, log=_log))
     # The catalog's lifespan is entered by _serve around every face (stdio MCP uses it
-    # too), not given to face.add: the HTTP face renders its metrics on GET /metrics.
-    face.add([], metrics_text=faces.catalog.metrics_text)
+    # too); the HTTP face renders its metrics and reports loading on /health.
+    face.add([], metrics_text=faces.catalog.metrics_text, health=faces.catalog.health)
     return ["/mcp", "/v1 (OpenAI)", "/api (Ollama)"]
 
 

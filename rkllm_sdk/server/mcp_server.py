@@ -415,8 +415,6 @@ class McpFace:
         self.log = log
         self.http: HttpFace | None = None
         self._manager: StreamableHTTPSessionManager | None = None
-        self._manager_lock = anyio.Lock()
-        self._manager_running = False
         self.tools = tool_definitions(server, chat=engine is not None)
         self._schemas = {t.name: t.input_schema for t in self.tools}
         #: The MCP server (the ``mcp`` package's low-level one).
@@ -474,32 +472,9 @@ class McpFace:
             max_sessions=face.config.max_sessions,
         )
         routes: list[BaseRoute] = [Route(MCP_PATH, endpoint=_Endpoint(self._asgi))]
-        face.add(routes)
-
-    async def _start_manager(self) -> None:
-        """Run the session manager in the HTTP face's task group (once, from the first
-        ``/mcp`` request on): it stops with the face, before the HTTP sessions are closed.
-
-        Not a lifespan given to :meth:`HttpFace.add`: ``serve_http`` leaves its lifespans
-        after its own task group, out of nesting order, which a lifespan holding a task
-        group (as the session manager's does) cannot survive.
-        """
-        assert self.http is not None and self._manager is not None
-        async with self._manager_lock:
-            if self._manager_running:
-                return
-            tasks = self.http.sessions.tasks
-            if tasks is None:
-                raise RuntimeError("the HTTP face is not being served")
-            manager = self._manager
-
-            async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                async with manager.run():
-                    task_status.started()
-                    await anyio.sleep_forever()
-
-            await tasks.start(run)
-            self._manager_running = True
+        # The session manager runs while the face serves: entered before uvicorn starts,
+        # left after it stops (before the face's HTTP sessions, holding the handles, close).
+        face.add(routes, lifespan=self._manager.run)
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``/mcp``: the API key, then the session manager; a ``DELETE`` (the client ends
@@ -516,7 +491,6 @@ class McpFace:
             )
             await response(scope, receive, send)
             return
-        await self._start_manager()
         await self._manager.handle_request(scope, receive, send)
         session_id = headers.get(_MCP_SESSION_HEADER)
         if scope.get("method") == "DELETE" and session_id:

@@ -38,6 +38,13 @@ const char* rkllm_fake_version(void);
  * truncated to cap). Returns the full length, or -1 for a bad handle / no run yet.
  */
 int rkllm_fake_last_input(LLMHandle handle, char* buf, size_t cap);
+/*
+ * Writes the bytes batch `batch` of the handle's KV cache stands for, position by position
+ * (prefill text as templated, then each generated token's bytes; placeholders for token and
+ * embedding inputs), into buf (NUL-terminated, truncated to cap). Returns the full length,
+ * or -1 for a bad handle, a batch outside [0, n_batch) or a running handle.
+ */
+int rkllm_fake_kv_text(LLMHandle handle, int batch, char* buf, size_t cap);
 
 #ifdef __cplusplus
 }

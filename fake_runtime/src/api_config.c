@@ -39,9 +39,9 @@ FK_API int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter* lora_adapter) {
 FK_API int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path) {
     fake_handle* h = acquire_idle(handle, "rkllm_load_prompt_cache");
     if (!h) return -1;
-    int32_t* tokens = NULL;
-    size_t n = 0;
-    int rc = prompt_cache_path ? prompt_cache_read(prompt_cache_path, (size_t)h->max_context_len, &tokens, &n) : -1;
+    pcache_t pc;
+    memset(&pc, 0, sizeof pc);
+    int rc = prompt_cache_path ? prompt_cache_read(prompt_cache_path, (size_t)h->max_context_len, &pc) : -1;
     if (rc == -1) {
         fk_log('E', "rkllm_load_prompt_cache: cannot open %s", prompt_cache_path ? prompt_cache_path : "(null)");
         return done_idle(h, -1);
@@ -50,9 +50,8 @@ FK_API int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_pa
         fk_log('E', "rkllm_load_prompt_cache: %s is not a prompt cache of this model", prompt_cache_path);
         return done_idle(h, -1);
     }
-    fk_free(h->pcache);
-    h->pcache = tokens;
-    h->pcache_n = n;
+    pcache_free(&h->pcache);
+    h->pcache = pc;
     h->pcache_loaded = 1;
     return done_idle(h, 0);
 }
@@ -60,9 +59,7 @@ FK_API int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_pa
 FK_API int rkllm_release_prompt_cache(LLMHandle handle) {
     fake_handle* h = acquire_idle(handle, "rkllm_release_prompt_cache");
     if (!h) return -1;
-    fk_free(h->pcache);
-    h->pcache = NULL;
-    h->pcache_n = 0;
+    pcache_free(&h->pcache);
     h->pcache_loaded = 0;
     return done_idle(h, 0);
 }
@@ -92,8 +89,7 @@ FK_API int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int* s
     for (int b = 0; b < h->n_batch; b++) {
         kv_state* kv = &h->kv[b];
         size_t s = (size_t)start_pos[b], e = (size_t)end_pos[b];
-        memmove(kv->tokens + s, kv->tokens + e, (kv->n - e) * sizeof(int32_t));
-        kv->n -= e - s;
+        kv_remove(kv, s, e);
         if (kv->sys_len > s) kv->sys_len = s + (kv->sys_len > e ? kv->sys_len - e : 0);
     }
     return done_idle(h, 0);
@@ -227,4 +223,20 @@ FK_API int rkllm_fake_last_input(LLMHandle handle, char* buf, size_t cap) {
     pthread_mutex_unlock(&h->mu);
     release(h);
     return rc;
+}
+
+FK_API int rkllm_fake_kv_text(LLMHandle handle, int batch, char* buf, size_t cap) {
+    fake_handle* h = acquire_idle(handle, "rkllm_fake_kv_text");
+    if (!h) return -1;
+    if (batch < 0 || batch >= h->n_batch) {
+        fk_log('E', "rkllm_fake_kv_text: batch %d is outside [0, %d)", batch, h->n_batch);
+        return done_idle(h, -1);
+    }
+    const sbuf* t = &h->kv[batch].text;
+    if (buf && cap) {
+        size_t n = t->len < cap - 1 ? t->len : cap - 1;
+        memcpy(buf, t->data, n);
+        buf[n] = '\0';
+    }
+    return done_idle(h, (int)t->len);
 }

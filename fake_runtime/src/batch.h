@@ -13,6 +13,9 @@ typedef struct {
     size_t sent;      /* bytes of reply handed to callbacks so far (<= emitted) */
     int32_t* prefill; /* token ids this run adds to the KV cache */
     size_t n_prefill;
+    sbuf ptext;       /* the bytes each prefill position stands for, in order */
+    size_t* pend;     /* prefill position k ends at ptext.data + pend[k] */
+    size_t n_pend, pend_cap;
     size_t sys_tokens; /* leading prefill tokens that are the system prompt */
     size_t computed;   /* prefill tokens actually computed (prompt cache reuse) */
     long generated;
@@ -40,7 +43,8 @@ void report_input(fake_handle* h, const batch_run* brs);
 /* kv.c */
 /* Makes room for `need` more tokens (the context-window shift); 0 if impossible. */
 int kv_make_room(fake_handle* h, kv_state* kv, size_t need);
-void kv_push(kv_state* kv, const int32_t* ids, size_t n);
+/* Appends n positions: ids, and their bytes (position k is text[ends[k-1], ends[k]), from 0). */
+void kv_push(kv_state* kv, const int32_t* ids, size_t n, const char* text, const size_t* ends);
 int save_prompt_cache(const char* path, const kv_state* kv, char* err, size_t errcap);
 
 /* output.c: what the callbacks are handed, and the callbacks themselves. */

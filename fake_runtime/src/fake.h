@@ -36,9 +36,18 @@ typedef struct {
 
 typedef struct {
     int32_t* tokens; /* what the KV cache holds, in position order */
+    size_t* off;     /* position i stands for text.data[off[i], off[i + 1]) (n + 1 entries) */
+    sbuf text;       /* the bytes of every position, in order (rkllm_fake_kv_text) */
     size_t n;
     size_t sys_len;  /* leading tokens that belong to the system prompt */
 } kv_state;
+
+typedef struct { /* a loaded prompt cache */
+    int32_t* ids;
+    size_t* off;     /* n + 1 offsets into text; NULL for a version-1 file (ids only) */
+    char* text;
+    size_t n;
+} pcache_t;
 
 typedef struct { /* one run's request, copied when rkllm_run is called */
     int n_batch;
@@ -89,8 +98,7 @@ typedef struct fake_handle {
     lora_entry* loras;
     size_t n_loras;
 
-    int32_t* pcache; /* loaded prompt cache tokens */
-    size_t pcache_n;
+    pcache_t pcache; /* the loaded prompt cache */
     int pcache_loaded;
 
     RKLLMCrossAttnParam cross;
@@ -159,7 +167,11 @@ int run_execute(fake_handle* h);
 
 /* kv.c */
 void kv_clear(fake_handle* h, int keep_system_prompt);
-/* Reads a prompt cache file into *tokens / *n (max entries cap); 0, or -1 if it is not one. */
-int prompt_cache_read(const char* path, size_t cap, int32_t** tokens, size_t* n);
+/* Removes positions [s, e) (ids and their text); sys_len is the caller's to adjust. */
+void kv_remove(kv_state* kv, size_t s, size_t e);
+/* Reads a prompt cache file (at most cap positions) into *out: 0, -1 when it cannot be
+ * opened, -2 when it is not a prompt cache. */
+int prompt_cache_read(const char* path, size_t cap, pcache_t* out);
+void pcache_free(pcache_t* pc);
 
 #endif

@@ -20,6 +20,8 @@ fake_handle* handle_new(int n_batch, int max_context_len) {
     h->max_context_len = max_context_len;
     for (int b = 0; b < n_batch; b++) {
         h->kv[b].tokens = fk_malloc(((size_t)max_context_len + 1) * sizeof(int32_t));
+        h->kv[b].off = fk_calloc((size_t)max_context_len + 2, sizeof(size_t));
+        sb_init(&h->kv[b].text);
         h->text_cap[b] = TEXT_CAP;
         h->text[b] = fk_malloc(TEXT_CAP);
         h->text[b][0] = '\0';
@@ -48,9 +50,11 @@ void handle_free(fake_handle* h) {
         fk_free(h->loras[k].path);
     }
     fk_free(h->loras);
-    fk_free(h->pcache);
+    pcache_free(&h->pcache);
     for (int b = 0; b < MAX_BATCH; b++) {
         fk_free(h->kv[b].tokens);
+        fk_free(h->kv[b].off);
+        fk_free(h->kv[b].text.data);
         fk_free(h->text[b]);
     }
     fk_free(h->out_buf);

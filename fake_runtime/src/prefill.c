@@ -14,12 +14,34 @@ static void tag(batch_run* br, const char* what, const char* shape, uint64_t fnv
     sb_printf(&br->tags, "[%s n=%s fnv=%016llx] ", what, shape, (unsigned long long)fnv);
 }
 
-/* Pseudo token ids for embedding rows (they take KV positions like real tokens). */
-static void push_embed_ids(batch_run* br, const float* rows, size_t n_rows, size_t width, int vocab) {
+/* Records the bytes the next prefill position stands for (what rkllm_fake_kv_text shows). */
+static void span(batch_run* br, const char* s, size_t n) {
+    if (br->n_pend == br->pend_cap) {
+        br->pend_cap = br->pend_cap ? 2 * br->pend_cap : 64;
+        br->pend = fk_realloc(br->pend, br->pend_cap * sizeof(size_t));
+    }
+    sb_put(&br->ptext, s, n);
+    br->pend[br->n_pend++] = br->ptext.len;
+}
+
+/* Spans for text tokenized by the fake's own tokenizer: each token's bytes. */
+static void span_pieces(batch_run* br, const char* s, size_t n) {
+    for (size_t pos = 0, len; pos < n; pos += len) {
+        len = tok_next(s, n, pos);
+        span(br, s + pos, len);
+    }
+}
+
+/* Pseudo token ids for embedding rows (they take KV positions like real tokens); each row's
+ * text is `label` ("<embed>", "<image>", "<video>"). */
+static void push_embed_ids(batch_run* br, const float* rows, size_t n_rows, size_t width, int vocab,
+                           const char* label) {
     br->prefill = fk_realloc(br->prefill, (br->n_prefill + n_rows + 1) * sizeof(int32_t));
-    for (size_t r = 0; r < n_rows; r++)
+    for (size_t r = 0; r < n_rows; r++) {
         br->prefill[br->n_prefill++] =
             (int32_t)(fnv1a(FNV_OFFSET, rows + r * width, width * sizeof(float)) % (uint64_t)vocab);
+        span(br, label, strlen(label));
+    }
 }
 
 /* Text -> token ids, through the 1.3 tokenizer callback when the model has none. */
@@ -49,6 +71,8 @@ static int tokenize(fake_handle* h, batch_run* br, const char* s, size_t n, char
         br->prefill = fk_realloc(br->prefill, (br->n_prefill + (size_t)got + 1) * sizeof(int32_t));
         memcpy(br->prefill + br->n_prefill, buf, (size_t)got * sizeof(int32_t));
         br->n_prefill += (size_t)got;
+        /* Which bytes each of the callback's ids covers is unknown: the first holds them all. */
+        for (int k = 0; k < got; k++) span(br, s, k ? 0 : n);
         fk_free(buf);
         return 0;
     }
@@ -57,6 +81,7 @@ static int tokenize(fake_handle* h, batch_run* br, const char* s, size_t n, char
     (void)errcap;
 #endif
     br->n_prefill = tok_ids(s, n, h->model.vocab_size, &br->prefill, br->n_prefill);
+    span_pieces(br, s, n);
     return 0;
 }
 
@@ -101,13 +126,17 @@ int prepare_batch(fake_handle* h, int b, batch_run* br, char* err, size_t errcap
         br->prefill = fk_malloc((t->n_tokens + 1) * sizeof(int32_t));
         memcpy(br->prefill, t->input_ids, t->n_tokens * sizeof(int32_t));
         br->n_prefill = t->n_tokens;
+        for (size_t k = 0; k < t->n_tokens; k++) { /* ids the fake cannot turn back into text */
+            snprintf(shape, sizeof shape, "<token:%d>", t->input_ids[k]);
+            span(br, shape, strlen(shape));
+        }
         break;
     }
     case RKLLM_INPUT_EMBED: {
         const RKLLMEmbedInput* e = &in->embed_input;
         snprintf(shape, sizeof shape, "%zux%d", e->n_tokens, hidden);
         tag(br, "embed", shape, fnv1a(FNV_OFFSET, e->embed, e->n_tokens * (size_t)hidden * sizeof(float)));
-        push_embed_ids(br, e->embed, e->n_tokens, (size_t)hidden, vocab);
+        push_embed_ids(br, e->embed, e->n_tokens, (size_t)hidden, vocab, "<embed>");
         break;
     }
     case RKLLM_INPUT_MULTIMODAL: {
@@ -147,7 +176,7 @@ int prepare_batch(fake_handle* h, int b, batch_run* br, char* err, size_t errcap
             size_t rows = n_img * n_img_tok;
             snprintf(shape, sizeof shape, "%zux%zux%d", n_img, n_img_tok, hidden);
             tag(br, "image", shape, fnv1a(FNV_OFFSET, img, rows * (size_t)hidden * sizeof(float)));
-            push_embed_ids(br, img, rows, (size_t)hidden, vocab);
+            push_embed_ids(br, img, rows, (size_t)hidden, vocab, "<image>");
         }
 #if RKLLM_ABI == 13
         if (m->video.video_embed) {
@@ -156,7 +185,7 @@ int prepare_batch(fake_handle* h, int b, batch_run* br, char* err, size_t errcap
                      m->video.n_frame_tokens, hidden);
             tag(br, "video", shape,
                 fnv1a(FNV_OFFSET, m->video.video_embed, rows * (size_t)hidden * sizeof(float)));
-            push_embed_ids(br, m->video.video_embed, rows, (size_t)hidden, vocab);
+            push_embed_ids(br, m->video.video_embed, rows, (size_t)hidden, vocab, "<video>");
         }
 #endif
         break;

@@ -83,10 +83,40 @@ static int tool_calls_reply(fake_handle* h, sbuf* out, const char* text) {
     return calls;
 }
 
+static size_t rstrip(const char* s, size_t n) {
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\t' || s[n - 1] == '\r')) n--;
+    return n;
+}
+
+static int ends_with(const char* s, size_t n, const char* suffix) {
+    size_t k = strlen(suffix);
+    return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+enum { THINK_NONE, THINK_BLOCK, THINK_CONTINUE };
+
+/* [A9] Whether the reply thinks. The model's own template follows enable_thinking (Qwen3's
+ * template closes an empty think block when it is off). After rkllm_set_chat_template a
+ * thinking model follows the end of the prompt text, as it would when the server renders
+ * the template itself: an empty closed think block (Qwen3, enable_thinking=False) means no
+ * thinking; an open <think> (DeepSeek-R1 style) means the reply continues inside it;
+ * anything else thinks from a fresh <think>. Trailing whitespace is ignored. */
+static int think_mode(const fake_handle* h, const batch_run* br, const RKLLMInput* in) {
+    if (!h->model.thinking) return THINK_NONE;
+    if (!h->custom_template) return in->enable_thinking ? THINK_BLOCK : THINK_NONE;
+    const char* t = br->templated.data;
+    size_t n = rstrip(t, br->templated.len);
+    if (ends_with(t, n, "</think>") && ends_with(t, rstrip(t, n - 8), "<think>")) return THINK_NONE;
+    if (ends_with(t, n, "<think>")) return THINK_CONTINUE;
+    return THINK_BLOCK;
+}
+
 void choose_reply(fake_handle* h, batch_run* br, const RKLLMInput* in) {
-    int thinking = h->model.thinking && (h->custom_template || in->enable_thinking);
-    if (thinking) {
-        sb_puts(&br->reply, "<think>\n");
+    int mode = think_mode(h, br, in);
+    if (mode != THINK_NONE) {
+        const sbuf* t = &br->templated;
+        if (mode == THINK_BLOCK) sb_puts(&br->reply, "<think>\n");
+        else if (t->data[t->len - 1] != '\n') sb_puts(&br->reply, "\n"); /* the prompt ended "<think>" */
         sbuf think;
         sb_init(&think);
         uint64_t rng = br->rng ^ 0x7468696e6bULL;

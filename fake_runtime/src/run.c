@@ -66,9 +66,19 @@ static void run_start(run_ctx* r) {
         sb_init(&r->brs[b].templated);
         sb_init(&r->brs[b].tags);
         sb_init(&r->brs[b].reply);
+        sb_init(&r->brs[b].ptext);
     }
     if (!h->paused && r->job->keep_history == 0) kv_clear(h, 0);
     h->paused = 0;
+}
+
+/* Whether prefill position k equals the prompt cache's: same id and, when the file kept
+ * text (version 2), the same bytes (the fake's ids are hashes, which can collide). */
+static int same_as_cached(const pcache_t* pc, const batch_run* br, size_t k) {
+    if (k >= pc->n || br->prefill[k] != pc->ids[k]) return 0;
+    if (!pc->off) return 1;
+    size_t from = k ? br->pend[k - 1] : 0, len = br->pend[k] - from;
+    return pc->off[k + 1] - pc->off[k] == len && memcmp(pc->text + pc->off[k], br->ptext.data + from, len) == 0;
 }
 
 /* Context checks, prompt-cache reuse and KV append for every batch; returns the most
@@ -87,13 +97,13 @@ static size_t fill_kv(run_ctx* r) {
         }
         size_t reuse = 0;
         if (h->pcache_loaded && kv->n == 0) {
-            while (reuse < br->n_prefill && reuse < h->pcache_n && br->prefill[reuse] == h->pcache[reuse]) reuse++;
+            while (reuse < br->n_prefill && same_as_cached(&h->pcache, br, reuse)) reuse++;
             if (reuse == br->n_prefill) reuse--; /* the last token is always computed */
         }
         br->computed = br->n_prefill - reuse;
         if (br->computed > max_computed) max_computed = br->computed;
         if (kv->n == 0) kv->sys_len = br->sys_tokens;
-        kv_push(kv, br->prefill, br->n_prefill);
+        kv_push(kv, br->prefill, br->n_prefill, br->ptext.data, br->pend);
     }
     return max_computed;
 }
@@ -181,7 +191,8 @@ static int decode_token(run_ctx* r, int b, long limit) {
     }
     if (br->done) return 0;
     size_t len = tok_next(br->reply.data, br->reply.len, br->emitted);
-    res->token_id = tok_id(br->reply.data + br->emitted, len, h->model.vocab_size);
+    const char* piece = br->reply.data + br->emitted;
+    res->token_id = tok_id(piece, len, h->model.vocab_size);
     br->emitted += len;
     br->generated++;
     br->has_token = 1;
@@ -189,7 +200,7 @@ static int decode_token(run_ctx* r, int b, long limit) {
         snprintf(r->err, sizeof r->err, "context full and n_keep leaves nothing to shift");
         r->error = 1;
     } else {
-        kv_push(&h->kv[b], &res->token_id, 1);
+        kv_push(&h->kv[b], &res->token_id, 1, piece, &len);
     }
     if (embed_generated_token(h, res->token_id, r->err, sizeof r->err)) r->error = 1;
     return 1;
@@ -261,6 +272,8 @@ static int run_finish(run_ctx* r) {
         sb_free(&r->brs[b].templated);
         sb_free(&r->brs[b].tags);
         sb_free(&r->brs[b].reply);
+        sb_free(&r->brs[b].ptext);
+        fk_free(r->brs[b].pend);
         fk_free(r->brs[b].prefill);
     }
     fk_free(job->cache_save_path);

@@ -22,7 +22,12 @@ OPTIONAL_SYMBOLS: tuple[str, ...] = (
     "rkllm_accuracy_analysis",
 )
 #: Functions only the bundled fake runtime exports.
-FAKE_SYMBOLS: tuple[str, ...] = ("rkllm_fake_stats", "rkllm_fake_version", "rkllm_fake_last_input")
+FAKE_SYMBOLS: tuple[str, ...] = (
+    "rkllm_fake_stats",
+    "rkllm_fake_version",
+    "rkllm_fake_last_input",
+    "rkllm_fake_kv_text",
+)
 
 _lock = threading.Lock()
 _ffis: dict[str, cffi.FFI] = {}

@@ -1,4 +1,5 @@
-"""What only the bundled fake runtime exports: its counters and its record of the last run."""
+"""What only the bundled fake runtime exports: its counters, its record of the last run, and
+the text its KV cache holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ..errors import NativeCallError
 from ._util import optional_symbol
 from .handle import NativeHandle
 
-__all__ = ["fake_last_input", "fake_stats"]
+__all__ = ["fake_kv_text", "fake_last_input", "fake_stats"]
 
 
 def fake_stats(rt: Runtime) -> dict[str, int]:
@@ -42,3 +43,30 @@ def fake_last_input(
     fn(h.ptr(), buf, n + 1)
     result: dict[str, Any] = json.loads(h.runtime.ffi.string(buf).decode("utf-8"))
     return result
+
+
+def fake_kv_text(h: NativeHandle, batch: int = 0) -> bytes:
+    """The bytes batch ``batch`` of the handle's KV cache stands for (``rkllm_fake_kv_text``).
+
+    Call it with the handle idle.
+
+    Raises:
+        NativeCallError: not the fake runtime, ``batch`` outside the handle's batches, or a
+            run in progress.
+    """
+    fn = optional_symbol(h.runtime, "rkllm_fake_kv_text")
+    ffi = h.runtime.ffi
+    n = fn(h.ptr(), batch, ffi.NULL, 0)
+    for _ in range(8):  # the length changes only if a run slips in between the two calls
+        if n < 0:
+            raise NativeCallError(
+                f"rkllm_fake_kv_text: batch {batch} is not one of this handle's "
+                f"{h.n_batch}, or a run is in progress",
+                code=n,
+            )
+        buf = ffi.new("char[]", n + 1)
+        got = fn(h.ptr(), batch, buf, n + 1)
+        if got == n:
+            return bytes(ffi.buffer(buf, n))
+        n = got
+    raise NativeCallError("rkllm_fake_kv_text: the KV cache kept changing while being read")

@@ -8,6 +8,8 @@ built from, usable from any test framework:
   thinking, tool calls via :func:`tool_call_reply`), speeds, vocabulary, faults.
 - :func:`last_input` reads back what the runtime received in a handle's last run (prompts
   as templated, roles, sampling, arrays by checksum) as a :class:`RunInput`.
+- :func:`kv_text` reads the text a handle's KV cache holds (every prompt as templated and
+  every generated token, as the cache keeps them), to prove what the model saw.
 - :func:`checksum` computes the fake's checksum of arrays you sent, for comparison.
 - :func:`demo_model_path` is the bundled demo model (what ``rkllm run`` uses without a board).
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from .. import _native as native
 from .._fake import demo_model_path
+from .._native.fake import fake_kv_text
 from ..lowlevel import native_handle
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ __all__ = [
     "assert_array_received",
     "checksum",
     "demo_model_path",
+    "kv_text",
     "last_input",
     "tool_call_reply",
 ]
@@ -326,6 +330,30 @@ def last_input(llm: AsyncLLM | LLM) -> RunInput:
     'Turn on the kitchen light'
     """
     return RunInput.from_json(native.fake_last_input(native_handle(llm)))
+
+
+def kv_text(llm: AsyncLLM | LLM, batch: int = 0) -> str:
+    """The text ``llm``'s KV cache holds for ``batch``, position by position, on the fake runtime.
+
+    Each prompt as the runtime templated it (its own chat template, or the raw text after
+    ``set_chat_template("", "", "")``), then each generated token's bytes, exactly as the
+    cache keeps them: a turn without ``keep_history`` leaves it empty, a clear or a context
+    shift removes positions, a loaded prompt cache supplies the reused prefix. The
+    end-of-generation token of a finished reply is not in it. Token and embedding inputs have
+    no text: each token id shows as ``<token:ID>``, each embedding row as ``<embed>`` (image
+    and video rows as ``<image>`` / ``<video>``). Bytes that are not UTF-8 (a cut through a
+    character) come back as lone surrogates (``surrogateescape``), so nothing is lost.
+
+    Call it while no run is in progress.
+
+    Raises:
+        NativeCallError: not the fake runtime, no such batch, or a run in progress.
+
+    >>> await llm.generate("Hello", keep_history=True)  # doctest: +SKIP
+    >>> kv_text(llm)  # doctest: +SKIP
+    '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\nHello...'
+    """
+    return fake_kv_text(native_handle(llm), batch).decode("utf-8", "surrogateescape")
 
 
 def assert_array_received(llm: AsyncLLM | LLM, *arrays: Any, kind: str | None = None) -> None:

@@ -9,7 +9,8 @@ Fixtures:
 
 - ``rkllm_abi``: the ABI of this run of the test ("1.2" or "1.3").
 - ``rkllm_fake``: a :class:`FakeRuntime` (write models, load them, read what the runtime
-  received, counters); at teardown it fails the test if handles were left open.
+  received and what its KV cache holds, counters); at teardown it fails the test if handles
+  were left open.
 - ``rkllm_model``: the path of a default fast :class:`~rkllm_sdk.testing.FakeModel`.
 - ``rkllm_llm``: an :class:`~rkllm_sdk.AsyncLLM` on that model (closed afterwards).
 - ``rkllm_sync_llm``: an :class:`~rkllm_sdk.LLM` on that model (closed afterwards).
@@ -40,7 +41,7 @@ from .._ffi.loader import load_runtime
 from ..llm import AsyncLLM, open_handles
 from ..models import ModelParams
 from ..sync import LLM
-from . import FakeModel, RunInput, last_input
+from . import FakeModel, RunInput, kv_text, last_input
 
 __all__ = ["FakeRuntime"]
 
@@ -142,6 +143,14 @@ class FakeRuntime:
         'user'
         """
         return last_input(llm)
+
+    def kv_text(self, llm: AsyncLLM | LLM, batch: int = 0) -> str:
+        """The text ``llm``'s KV cache holds (see :func:`~rkllm_sdk.testing.kv_text`).
+
+        >>> rkllm_fake.kv_text(llm).endswith(reply.text)  # doctest: +SKIP
+        True
+        """
+        return kv_text(llm, batch)
 
     def stats(self) -> dict[str, int]:
         """The fake's process-wide counters (``live_handles``, ``runs_started``, ...).

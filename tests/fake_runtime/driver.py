@@ -355,6 +355,18 @@ class Handle:
         assert self.lib.rkllm_fake_last_input(self.ptr, buf, n + 1) == n
         return json.loads(self.ffi.string(buf).decode())
 
+    def kv_text(self, batch: int = 0) -> bytes:
+        """rkllm_fake_kv_text: the bytes the batch's KV cache stands for."""
+        n = int(self.lib.rkllm_fake_kv_text(self.ptr, batch, self.ffi.NULL, 0))
+        assert n >= 0, "rkllm_fake_kv_text refused"
+        buf = self.ffi.new("char[]", n + 1)
+        assert self.lib.rkllm_fake_kv_text(self.ptr, batch, buf, n + 1) == n
+        return bytes(self.ffi.buffer(buf, n))
+
+    def set_template(self, system: str, prefix: str, postfix: str) -> int:
+        args = [self.ffi.new("char[]", part.encode()) for part in (system, prefix, postfix)]
+        return int(self.lib.rkllm_set_chat_template(self.ptr, *args))
+
     def kv_sizes(self) -> list[int]:
         sizes = self.ffi.new("int[]", 8)
         assert self.lib.rkllm_get_kv_cache_size(self.ptr, sizes) == 0

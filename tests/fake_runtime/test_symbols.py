@@ -25,7 +25,12 @@ PUBLIC = {
     "rkllm_set_function_tools",
     "rkllm_set_cross_attn_params",
 }
-FAKE_ONLY = {"rkllm_fake_stats", "rkllm_fake_version", "rkllm_fake_last_input"}
+FAKE_ONLY = {
+    "rkllm_fake_stats",
+    "rkllm_fake_version",
+    "rkllm_fake_last_input",
+    "rkllm_fake_kv_text",
+}
 VERSIONS = {"1.2": "1.2.3", "1.3": "1.3.0"}
 
 

@@ -41,19 +41,15 @@ def dumps(message: Any) -> str:
 
 
 class _Result:
-    __slots__ = ("key", "params", "texts")
+    __slots__ = ("key", "params", "run", "texts", "token_ids")
 
-    def __init__(self, key: tuple[object, Any], params: dict[str, Any]) -> None:
-        self.key = key  # (run, batch entry)
+    def __init__(self, run: object, key: object, params: dict[str, Any]) -> None:
+        self.run = run
+        self.key = key  # run, or (run, batch entry) in a batch
         self.params = params
         # Joined once when sent: appending piece by piece would copy the text each time.
         self.texts = [params["text"]]
-
-    def absorb(self, params: dict[str, Any]) -> None:
-        """Append a later chunk of the same run and batch entry."""
-        self.texts.append(params["text"])
-        self.params["token_ids"].extend(params["token_ids"])
-        self.params["token_id"] = params["token_id"]
+        self.token_ids: list[int] = params["token_ids"]
 
 
 class Outbox:
@@ -64,7 +60,7 @@ class Outbox:
         self._coalesce = coalesce
         self._items: deque[str | _Result] = deque()
         # Each (run, batch entry)'s latest queued result: where a later chunk merges.
-        self._latest: dict[tuple[object, Any], _Result] = {}
+        self._latest: dict[object, _Result] = {}
         self._seq: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         # Made by a waiter, set and dropped by the next change: a put or get that nobody
         # waits for creates no event.
@@ -101,15 +97,19 @@ class Outbox:
     def put_result(self, run: object, params: dict[str, Any]) -> None:
         """Queue a ``rkllm_result`` notification of ``run``; merge it when the queue is full
         (with ``coalesce``: whenever a result of the same run and batch entry is queued)."""
-        key = (run, params.get("batch"))
+        batch = params.get("batch")
+        key = run if batch is None else (run, batch)
         latest = self._latest.get(key)
         # Order within the run is kept: its response is queued only after its last result.
         if latest is not None and (self._coalesce or len(self._items) >= self._size):
-            latest.absorb(params)
+            # Inline (once per token): append the text, extend the token ids.
+            latest.texts.append(params["text"])
+            latest.token_ids += params["token_ids"]
+            latest.params["token_id"] = params["token_id"]
             self.merged += 1
             return
         # Never waits: at most one extra item per run beyond the size (the run then merges).
-        item = _Result(key, params)
+        item = _Result(run, key, params)
         self._items.append(item)
         self._latest[key] = item
         self._wake()
@@ -130,7 +130,7 @@ class Outbox:
             return item
         if self._latest.get(item.key) is item:
             del self._latest[item.key]
-        run = item.key[0]
+        run = item.run
         seq = self._seq.get(run, 0)
         self._seq[run] = seq + 1
         params = {**item.params, "text": "".join(item.texts), "seq": seq}

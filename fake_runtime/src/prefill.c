@@ -219,6 +219,8 @@ int prepare_batch(fake_handle* h, int b, batch_run* br, char* err, size_t errcap
         snprintf(shape, sizeof shape, "%zu", nt);
         tag(br, "cross", shape, f);
     }
+    /* (a 1.3 tokenizer callback may return fewer ids than the fake's own count) */
+    if (br->sys_tokens > br->n_prefill) br->sys_tokens = br->n_prefill;
     if (br->n_prefill == 0) {
         snprintf(err, errcap, "input has no tokens");
         return -1;

@@ -287,3 +287,25 @@ def test_prompt_endings_do_not_make_other_models_think(drv: Driver, model: Model
     assert "think>" not in plain.run(turn("ponder") + "<think>\n").text()
     thinker = drv.init(model(thinking=True))
     assert "<think>" not in thinker.run("ponder <think>\n", thinking=False).text()
+
+
+def test_tokenizer_callback_ids_carry_the_whole_text_on_the_first(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """1.3 without an internal tokenizer: which bytes each returned id covers is unknown, so
+    the first of them holds the whole templated text and the others none."""
+    if drv.abi != "1.3":
+        pytest.skip("tokenizer callbacks exist in runtime 1.3 only")
+
+    def tokenizer(_ud: object, text: object, n: int, tokens: object, cap: int) -> int:
+        for k in range(4):
+            tokens[k] = 10 + k
+        return 4
+
+    h = drv.init(scripted(model, internal_tokenizer=False), tokenizer=tokenizer)
+    run = h.run("hello", keep_history=1)
+    assert h.kv_text() == (SYSTEM + turn("hello")).encode() + run.raw_bytes()
+    assert h.kv_sizes() == [4 + len(run.tokens)]
+    assert clear(drv, h, keep_system=1) == 0  # the system part is at most the prompt's ids
+    assert h.kv_sizes()[0] <= 4
+    assert h.kv_text() in (b"", (SYSTEM + turn("hello")).encode())

@@ -100,3 +100,17 @@ def test_sync_llm_and_bad_batch(rkllm_fake: FakeRuntime) -> None:
         assert kv_text(llm) == SYSTEM + turn("hi") + REPLY
         with pytest.raises(NativeCallError, match="batch 1"):
             kv_text(llm, 1)
+
+
+async def test_a_stop_string_leaves_every_decoded_token_in_the_cache(
+    rkllm_fake: FakeRuntime,
+) -> None:
+    """A stop string aborts the run: the reply is cut before it, but the cache holds every
+    token the runtime decoded, the stop string's and possibly more, never an end token."""
+    async with await rkllm_fake.load(replies={"": REPLY}) as llm:
+        gen = await llm.generate("x", keep_history=True, stop="gamma")
+        assert gen.text == "alpha beta "
+        held = kv_text(llm)
+        prompt = SYSTEM + turn("x")
+        assert held.startswith(prompt + "alpha beta gamma")
+        assert (prompt + REPLY).startswith(held)

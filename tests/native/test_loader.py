@@ -175,6 +175,7 @@ def test_load_runtime_reports_what_it_found(abi: str) -> None:
         "rkllm_fake_stats",
         "rkllm_fake_version",
         "rkllm_fake_last_input",
+        "rkllm_fake_kv_text",
     }
     again = loader.load_runtime("fake", abi=abi)
     assert again == rt

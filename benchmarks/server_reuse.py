@@ -46,8 +46,10 @@ import anyio
 
 from rkllm_sdk import ModelParams
 from rkllm_sdk._ffi import ABIS
-from rkllm_sdk.server.catalog import ModelCatalog, ModelSpec
-from rkllm_sdk.server.chat_engine import ChatDelta, ChatDone, ChatEngine, ChatRequest
+from rkllm_sdk.server.catalog import ModelCatalog
+from rkllm_sdk.server.chat_engine import ChatEngine
+from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest
+from rkllm_sdk.server.model_specs import ModelSpec
 from rkllm_sdk.testing import FakeModel, tool_call_reply
 
 TARGET = 0.2

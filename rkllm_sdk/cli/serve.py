@@ -37,10 +37,11 @@ from ..server.transports import open_tcp, open_unix, serve_listener, serve_stdio
 from ._common import EXIT_OK, UsageError, resolve_target
 
 if TYPE_CHECKING:
-    from ..server.catalog import ModelCatalog, ModelSpec
+    from ..server.catalog import ModelCatalog
     from ..server.chat_engine import ChatEngine
     from ..server.http import HttpFace
     from ..server.mcp_server import McpFace
+    from ..server.model_specs import ModelSpec
 
 __all__ = ["api_key", "check_binds", "cmd_serve", "model_specs", "parse_hostport"]
 
@@ -102,7 +103,7 @@ def _log(line: str) -> None:
 def model_specs(args: argparse.Namespace, models_dir: Path | None) -> list[ModelSpec]:
     """The named models: each ``--model``, then each model file of ``models_dir`` whose
     name no ``--model`` took; ``--chat-template`` for those without their own."""
-    from ..server.catalog import parse_model_option, scan_models_dir  # noqa: PLC0415
+    from ..server.model_specs import parse_model_option, scan_models_dir  # noqa: PLC0415
 
     specs = []
     for text in args.model or ():

@@ -25,9 +25,14 @@ Modules, one idea each:
 The named-model APIs on the same HTTP port (``--http``):
 
 - ``templates`` (+ ``template_sources``): chat templates rendered on the server (Jinja).
-- ``catalog``: named models (``--model``, ``--models-dir``), load on first use, bounded
-  FIFO queues, keep-alive, least-recently-used swaps.
-- ``chat_engine``: the one place that runs a chat: render, reuse the KV cache, stream.
+- ``model_specs``: named models as configured (``--model`` options, ``--models-dir``).
+- ``catalog``: the named models' handles: load on first use, bounded FIFO queues,
+  keep-alive, least-recently-used swaps; ``catalog_metrics``: their counters, as
+  Prometheus text.
+- ``chat_engine``: the one place that runs a chat: render, reuse the KV cache, stream;
+  ``chat_types``: its requests, reply pieces and request errors; ``kv_reuse``: what a
+  model's KV cache holds, continuation, the prompt-cache directory, Home Assistant's time
+  line; ``reply_parser``: a run's chunks as reasoning, content, tool calls, stops.
 - ``openai_api`` (+ ``openai_wire``): ``/v1/...``; ``ollama_api`` (+ ``ollama_wire``):
   ``/api/...`` (Home Assistant's Ollama integration).
 - ``mcp_server``: MCP (the official ``mcp`` package) at ``/mcp`` and on stdio.

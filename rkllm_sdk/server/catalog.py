@@ -1,8 +1,7 @@
 """Named models for the OpenAI and Ollama faces: loaded on first use, queued, swapped, expired.
 
-The operator names models (``rkllm serve --model NAME=PATH[,option=value...]`` parsed by
-:func:`parse_model_option`, or ``--models-dir`` scanned by :func:`scan_models_dir`); clients
-name them in requests. A client's name is only ever looked up (:meth:`ModelCatalog.resolve`),
+The operator names models (:mod:`.model_specs`: ``--model``, ``--models-dir``); clients name
+them in requests. A client's name is only ever looked up (:meth:`ModelCatalog.resolve`),
 never used as a path. ``qwen3`` and ``qwen3:latest`` are the same model.
 
 :class:`ModelCatalog` holds one handle per model, because the NPU runs one generation at a
@@ -26,30 +25,24 @@ time:
   (``None``: the catalog's default; negative: forever; ``0``: unloaded as the request ends
   unless another one waits). The reaper of :meth:`ModelCatalog.lifespan` unloads expired
   models; :attr:`ModelInfo.expires_at` shows the deadline.
-- **counters**: per model (:class:`ModelCounters`), as Prometheus text by
+- **counters**: per model (:class:`~.catalog_metrics.ModelCounters`), as Prometheus text by
   :meth:`ModelCatalog.metrics_text`.
 - **closing** (the end of :meth:`ModelCatalog.lifespan`, or :meth:`ModelCatalog.aclose`):
   waiting requests get :class:`~rkllm_sdk.errors.ClosedError`, running ones have their
   handle closed under them, every handle is destroyed, later requests are refused.
-
->>> spec = parse_model_option("qwen3=/models/qwen3-4b.rkllm,max_context_len=4096")
->>> spec.name, spec.path.name, spec.params.max_context_len
-('qwen3:latest', 'qwen3-4b.rkllm', 4096)
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -57,223 +50,18 @@ import attrs
 
 from ..errors import ClosedError
 from ..llm import AsyncLLM
-from ..models import ExtendParams, ModelParams
+from ..models import ModelParams
+from .catalog_metrics import ModelCounters, prometheus_text
+from .model_specs import ModelSpec, with_tag
 from .templates import ChatTemplate, load_template
-
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "Loaded",
     "ModelCatalog",
-    "ModelCounters",
     "ModelInfo",
     "ModelNotFoundError",
-    "ModelSpec",
     "QueueFullError",
-    "parse_model_option",
-    "scan_models_dir",
-    "with_tag",
 ]
-
-#: The tag a model name without one gets (Ollama's convention).
-DEFAULT_TAG = "latest"
-#: What a fake-runtime model file declares (see fake_runtime/README.md).
-FAKE_FORMAT = "rkllm-fake/1"
-#: Fake model files larger than this are not read while scanning (the fake refuses them).
-_FAKE_MAX_BYTES = 1024 * 1024
-#: A name an operator may give: Ollama-style ``[namespace/]model[:tag]``.
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_NAME = re.compile(rf"{_PART}(/{_PART})*(:{_PART})?")
-#: Option keys of ``--model`` that are not init parameters.
-_TEMPLATE_KEY = "template"
-
-
-def with_tag(name: str) -> str:
-    """``name`` with ``:latest`` appended when it has no tag (a ``:`` after the last ``/``).
-
-    >>> with_tag("qwen3"), with_tag("qwen3:4b"), with_tag("localhost:5000/qwen3")
-    ('qwen3:latest', 'qwen3:4b', 'localhost:5000/qwen3:latest')
-    """
-    return name if ":" in name.rpartition("/")[2] else f"{name}:{DEFAULT_TAG}"
-
-
-# ---- specs ---------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ModelSpec:
-    """A model the operator configured.
-
-    Attributes:
-        name: the name clients use, always with a tag (``qwen3:latest``).
-        path: the model file.
-        params: init parameters (``None``: the runtime's defaults).
-        template: the chat template: a built-in name or a file
-            (see :func:`~.templates.load_template`); ``None``: found beside the model or
-            guessed from its name.
-    """
-
-    name: str
-    path: Path = attrs.field(converter=Path)
-    params: ModelParams | None = None
-    template: str | None = None
-
-
-def _init_fields() -> dict[str, tuple[str, bool]]:
-    """Option key -> (its type name, whether it belongs to ExtendParams)."""
-    fields: dict[str, tuple[str, bool]] = {}
-    for cls, extend in ((ModelParams, False), (ExtendParams, True)):
-        for field in attrs.fields(cls):
-            if field.name == "extend":
-                continue
-            kind = str(field.type)
-            fields[field.name] = (kind.split("|", maxsplit=1)[0].strip(), extend)
-    return fields
-
-
-_INIT_FIELDS = _init_fields()
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _convert(key: str, kind: str, text: str) -> object:
-    """One option value as the init field's type. Raises ValueError naming the key."""
-    try:
-        if kind == "int":
-            return int(text, 0)
-        if kind == "float":
-            return float(text)
-        if kind == "bool":
-            lowered = text.lower()
-            if lowered in _TRUE + _FALSE:
-                return lowered in _TRUE
-            raise ValueError(text)
-        if key == "enabled_cpus":  # a mask (0xF0) or cores joined by '+' (4+5+6+7)
-            if "+" in text:
-                return frozenset(int(c) for c in text.split("+"))
-            return int(text, 0)
-    except ValueError:
-        raise ValueError(f"{key}={text!r}: expected {_kind_name(kind)}") from None
-    return text
-
-
-def _kind_name(kind: str) -> str:
-    """How an option's type reads in an error message."""
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "frozenset[int]": "a CPU mask (0xF0) or cores joined by '+' (4+5+6+7)",
-    }.get(kind, "a string")
-
-
-def parse_model_option(text: str) -> ModelSpec:
-    """Parse ``NAME=PATH[,key=value...]``, the value of ``rkllm serve --model``.
-
-    ``NAME`` is Ollama-style (``qwen3``, ``qwen3:4b``, ``library/qwen3:4b``); without a tag it
-    gets ``:latest``. ``PATH`` is the model file (``~`` expanded; a comma cannot appear in
-    it). The options are init parameters (the fields of :class:`~rkllm_sdk.ModelParams` and
-    of its ``extend``: ``max_context_len``, ``max_new_tokens``, ``n_keep``, ``top_k``,
-    ``temperature``, ``base_domain_id``, ``enabled_cpus`` as a mask or ``4+5+6+7``, ...),
-    plus ``template`` (a built-in chat template name or a template file).
-
-    Raises:
-        ValueError: naming what is wrong: no ``=``, a bad name, an empty path, an unknown
-            key, a repeated key, or a value the parameter cannot take.
-
-    >>> parse_model_option("qwen3:4b=/m/q.rkllm,n_keep=64,template=qwen3").template
-    'qwen3'
-    >>> parse_model_option("q=/m/q.rkllm,context=4096")
-    Traceback (most recent call last):
-    ...
-    ValueError: --model 'q=/m/q.rkllm,context=4096': unknown option 'context' ...
-    """
-    where = f"--model {text!r}"
-    name, eq, rest = text.partition("=")
-    name = name.strip()
-    if not eq:
-        raise ValueError(f"{where}: expected NAME=PATH[,option=value...]")
-    if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"{where}: bad model name {name!r} (letters, digits, '.', '_', '-', '/', "
-            "and an optional ':tag')"
-        )
-    path_text, *items = rest.split(",")
-    if not path_text.strip():
-        raise ValueError(f"{where}: the model path is empty")
-    values: dict[str, object] = {}
-    extend: dict[str, object] = {}
-    template: str | None = None
-    seen: set[str] = set()
-    for item in items:
-        key, eq, value = (part.strip() for part in item.partition("="))
-        if not eq or not key:
-            raise ValueError(f"{where}: expected option=value, got {item!r}")
-        if key in seen:
-            raise ValueError(f"{where}: option {key!r} given twice")
-        seen.add(key)
-        if key == _TEMPLATE_KEY:
-            if not value:
-                raise ValueError(f"{where}: template= needs a name or a file")
-            template = value
-            continue
-        if key not in _INIT_FIELDS:
-            known = ", ".join(sorted([*_INIT_FIELDS, _TEMPLATE_KEY]))
-            raise ValueError(f"{where}: unknown option {key!r} (known: {known})")
-        kind, in_extend = _INIT_FIELDS[key]
-        try:
-            converted = _convert(key, kind, value)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        (extend if in_extend else values)[key] = converted
-    params: ModelParams | None = None
-    if values or extend:
-        try:
-            params = ModelParams(**values, extend=ExtendParams(**extend))  # type: ignore[arg-type]
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
-    return ModelSpec(
-        name=with_tag(name),
-        path=Path(path_text.strip()).expanduser(),
-        params=params,
-        template=template,
-    )
-
-
-def _is_fake_model(path: Path) -> bool:
-    """Whether ``path`` is a fake-runtime model file (JSON with ``"format": "rkllm-fake/1"``)."""
-    try:
-        if path.stat().st_size > _FAKE_MAX_BYTES:
-            return False
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(body, dict) and body.get("format") == FAKE_FORMAT
-
-
-def scan_models_dir(directory: str | Path) -> list[ModelSpec]:
-    """The models in ``directory`` (not its subdirectories), sorted by name.
-
-    Every ``*.rkllm`` file, and every ``*.json`` file that is a fake-runtime model
-    (``"format": "rkllm-fake/1"``; other JSON such as ``tokenizer_config.json`` is skipped),
-    named by its stem with ``:latest`` (``Qwen3-4B.rkllm`` -> ``Qwen3-4B:latest``). When two
-    files share a stem the ``.rkllm`` one is kept.
-
-    Raises:
-        OSError: the directory cannot be read.
-
-    >>> [s.name for s in scan_models_dir(models_dir)]  # doctest: +SKIP
-    ['qwen3:latest']
-    """
-    base = Path(directory).expanduser()
-    found: dict[str, ModelSpec] = {}
-    for path in sorted(base.iterdir(), key=lambda p: (p.suffix != ".rkllm", p.name)):
-        if not path.is_file():
-            continue
-        if path.suffix == ".rkllm" or (path.suffix == ".json" and _is_fake_model(path)):
-            name = with_tag(path.stem)
-            found.setdefault(name, ModelSpec(name=name, path=path))
-    return [found[name] for name in sorted(found)]
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -309,36 +97,6 @@ class QueueFullError(RuntimeError):
 
 
 # ---- what the catalog reports ---------------------------------------------------------------
-
-
-@attrs.define(kw_only=True)
-class ModelCounters:
-    """One model's counters since the server started. The catalog counts turns and loads;
-    the engine adds the token counts.
-
-    Attributes:
-        queued: requests waiting for their turn now.
-        running: requests holding the model now (0 or 1; loading included).
-        requests: requests that got their turn.
-        rejected: requests refused with QueueFullError.
-        prompt_tokens: prompt tokens of the requests (engine).
-        generated_tokens: tokens generated (engine).
-        prefill_tokens_saved: prompt tokens not prefilled thanks to KV-cache reuse (engine).
-        loads: successful loads; load_failures: failed ones; unloads: handles destroyed.
-        busy_seconds: time requests held the model, summed (for the retry estimate).
-    """
-
-    queued: int = 0
-    running: int = 0
-    requests: int = 0
-    rejected: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    prefill_tokens_saved: int = 0
-    loads: int = 0
-    load_failures: int = 0
-    unloads: int = 0
-    busy_seconds: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -833,74 +591,9 @@ class ModelCatalog:
     # ---- metrics ---------------------------------------------------------------------------
 
     def metrics_text(self) -> str:
-        """The counters as Prometheus text, from a private registry.
-
-        Per model (label ``model``): gauges ``rkllm_api_queued_requests``,
-        ``rkllm_api_running_requests``, ``rkllm_api_model_loaded``; counters
-        ``rkllm_api_requests_total``, ``rkllm_api_rejected_requests_total``,
-        ``rkllm_api_prompt_tokens_total``, ``rkllm_api_generated_tokens_total``,
-        ``rkllm_api_prefill_tokens_saved_total``, ``rkllm_api_model_loads_total``,
-        ``rkllm_api_model_load_failures_total``, ``rkllm_api_model_unloads_total``.
-        Gauge ``rkllm_api_loaded_models``.
-        """
-        # Imported here so that importing the server does not import prometheus_client.
-        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
-
-        registry = CollectorRegistry()
-        registry.register(_Collector(sorted(self._slots.items())))
-        return generate_latest(registry).decode("utf-8")
-
-
-#: Per-model families: (name, help, kind, value of a slot).
-_FAMILIES: tuple[tuple[str, str, str, Callable[[_Slot], float]], ...] = (
-    ("queued_requests", "Requests waiting for the model.", "gauge", lambda s: s.counters.queued),
-    ("running_requests", "Requests holding the model.", "gauge", lambda s: s.counters.running),
-    ("model_loaded", "1 while the model is loaded.", "gauge", lambda s: int(s.loaded is not None)),
-    ("requests", "Requests served (given their turn).", "counter", lambda s: s.counters.requests),
-    (
-        "rejected_requests",
-        "Requests refused because the queue was full.",
-        "counter",
-        lambda s: s.counters.rejected,
-    ),
-    ("prompt_tokens", "Prompt tokens of requests.", "counter", lambda s: s.counters.prompt_tokens),
-    ("generated_tokens", "Tokens generated.", "counter", lambda s: s.counters.generated_tokens),
-    (
-        "prefill_tokens_saved",
-        "Prompt tokens not prefilled thanks to KV-cache reuse.",
-        "counter",
-        lambda s: s.counters.prefill_tokens_saved,
-    ),
-    ("model_loads", "Successful loads.", "counter", lambda s: s.counters.loads),
-    ("model_load_failures", "Failed loads.", "counter", lambda s: s.counters.load_failures),
-    ("model_unloads", "Handles unloaded.", "counter", lambda s: s.counters.unloads),
-)
-
-
-class _Collector:
-    """A prometheus-client collector over a catalog's models (name, state)."""
-
-    def __init__(self, items: list[tuple[str, _Slot]]) -> None:
-        self.items = items
-
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import (  # noqa: PLC0415
-            CounterMetricFamily,
-            GaugeMetricFamily,
-        )
-
-        items = self.items
-        for name, doc, kind, value in _FAMILIES:
-            family: CounterMetricFamily | GaugeMetricFamily
-            if kind == "counter":
-                family = CounterMetricFamily(f"rkllm_api_{name}", doc, labels=["model"])
-            else:
-                family = GaugeMetricFamily(f"rkllm_api_{name}", doc, labels=["model"])
-            for model, slot in items:
-                family.add_metric([model], value(slot))
-            yield family
-        yield GaugeMetricFamily(
-            "rkllm_api_loaded_models",
-            "Models loaded now.",
-            sum(slot.loaded is not None for _, slot in items),
+        """The counters as Prometheus text (:func:`~.catalog_metrics.prometheus_text`), models
+        sorted by name."""
+        return prometheus_text(
+            (name, slot.counters, slot.loaded is not None)
+            for name, slot in sorted(self._slots.items())
         )

@@ -95,7 +95,8 @@ from .wire import ParamsError
 
 if TYPE_CHECKING:
     from .catalog import ModelCatalog
-    from .chat_engine import ChatDone, ChatEngine, ChatRequest
+    from .chat_engine import ChatEngine
+    from .chat_types import ChatDone, ChatRequest
     from .http import HttpFace
 
 __all__ = ["CHAT_TOOL", "GENERATE_TOOL", "McpFace", "tool_definitions"]
@@ -604,7 +605,7 @@ class McpFace:
         self, ctx: _Context, name: str, arguments: dict[str, Any]
     ) -> types.CallToolResult:
         from .catalog import ModelNotFoundError, QueueFullError  # noqa: PLC0415
-        from .chat_engine import ChatDone, RequestError  # noqa: PLC0415
+        from .chat_types import ChatDone, RequestError  # noqa: PLC0415
         from .templates import TemplateError  # noqa: PLC0415
 
         assert self.engine is not None
@@ -745,7 +746,7 @@ def _chat_request(name: str, arguments: dict[str, Any]) -> ChatRequest:
     Raises:
         ParamsError: an argument that does not fit the tool's schema (its path named).
     """
-    from .chat_engine import ChatRequest  # noqa: PLC0415
+    from .chat_types import ChatRequest  # noqa: PLC0415
     from .schema import validate  # noqa: PLC0415
 
     args = validate(GENERATE_SCHEMA if name == "generate" else CHAT_SCHEMA, arguments, "")
@@ -775,7 +776,7 @@ def _engine_error(exc: Exception, name: str) -> types.CallToolResult:
     """The error result of a ``generate`` / ``chat`` the engine refused or failed: the
     proxy's codes (-32602 naming the field, BusyError's code for a full queue)."""
     from .catalog import ModelNotFoundError, QueueFullError  # noqa: PLC0415
-    from .chat_engine import RequestError  # noqa: PLC0415
+    from .chat_types import RequestError  # noqa: PLC0415
 
     data: dict[str, Any] = {"type": type(exc).__name__, "function": name}
     if isinstance(exc, RKLLMError):

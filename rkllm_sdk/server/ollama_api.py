@@ -49,8 +49,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from .catalog import ModelInfo, ModelNotFoundError, ModelSpec
-from .chat_engine import ChatDelta, ChatEngine, ChatRequest
+from .catalog import ModelInfo, ModelNotFoundError
+from .chat_engine import ChatEngine
+from .chat_types import ChatDelta, ChatRequest
+from .model_specs import ModelSpec
 from .ollama_wire import (
     OllamaError,
     assistant_message,

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidParamsError
 from .catalog import ModelNotFoundError, QueueFullError
-from .chat_engine import ChatDone, ChatRequest, RequestError
+from .chat_types import ChatDone, ChatRequest, RequestError
 
 __all__ = [
     "BUSY_MESSAGE",

@@ -47,7 +47,8 @@ from starlette.types import Receive, Scope, Send
 
 from ..results import ToolCall
 from .catalog import ModelInfo, ModelNotFoundError
-from .chat_engine import ChatDelta, ChatDone, ChatEngine
+from .chat_engine import ChatEngine
+from .chat_types import ChatDelta, ChatDone
 from .openai_wire import (
     OpenAIError,
     ParsedChat,

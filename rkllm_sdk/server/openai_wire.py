@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import RKLLMError, http_status
 from .catalog import ModelNotFoundError, QueueFullError
-from .chat_engine import ChatRequest, RequestError
+from .chat_types import ChatRequest, RequestError
 from .templates import TemplateError
 
 __all__ = [

@@ -20,15 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rkllm_sdk import AsyncLLM, ExtendParams, ModelParams, _native
 from rkllm_sdk.errors import ClosedError, ModelLoadError
-from rkllm_sdk.server.catalog import (
-    Loaded,
-    ModelCatalog,
-    ModelNotFoundError,
-    ModelSpec,
-    QueueFullError,
-    parse_model_option,
-    scan_models_dir,
-)
+from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError, QueueFullError
+from rkllm_sdk.server.model_specs import ModelSpec, parse_model_option, scan_models_dir
 from rkllm_sdk.server.templates import ChatTemplate
 from rkllm_sdk.testing import FakeModel, Faults, last_input
 

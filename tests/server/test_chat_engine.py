@@ -14,16 +14,11 @@ import anyio
 import pytest
 
 from rkllm_sdk import ModelParams
-from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError, ModelSpec
-from rkllm_sdk.server.chat_engine import (
-    CACHE_SUBDIR,
-    ChatDelta,
-    ChatDone,
-    ChatEngine,
-    ChatRequest,
-    KVRecord,
-    RequestError,
-)
+from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError
+from rkllm_sdk.server.chat_engine import ChatEngine
+from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest, RequestError
+from rkllm_sdk.server.kv_reuse import CACHE_SUBDIR, KVRecord
+from rkllm_sdk.server.model_specs import ModelSpec
 from rkllm_sdk.testing import FakeModel, kv_text, last_input, tool_call_reply
 
 from .conftest import DEADLINE_S

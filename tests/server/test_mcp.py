@@ -23,10 +23,11 @@ from mcp.types import CallToolResult, TextResourceContents
 
 from rkllm_sdk import __version__
 from rkllm_sdk.server import Server
-from rkllm_sdk.server.catalog import ModelCatalog, scan_models_dir
+from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
 from rkllm_sdk.server.mcp_server import CHAT_SCHEMA, GENERATE_SCHEMA, McpFace, _StdinLines
+from rkllm_sdk.server.model_specs import scan_models_dir
 from rkllm_sdk.server.registry import REGISTRY
 
 from .conftest import DEADLINE_S, live_handles

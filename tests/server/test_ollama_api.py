@@ -21,9 +21,10 @@ import ollama
 import pytest
 
 from rkllm_sdk.server import Server, ServerConfig
-from rkllm_sdk.server.catalog import ModelCatalog, ModelSpec
+from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.model_specs import ModelSpec
 from rkllm_sdk.server.ollama_api import ollama_routes
 from rkllm_sdk.server.ollama_wire import (
     OllamaError,

@@ -24,14 +24,11 @@ from rkllm_sdk import _native
 from rkllm_sdk._ffi.loader import load_runtime
 from rkllm_sdk.errors import GenerationError, InvalidParamsError, RuntimeNotFoundError
 from rkllm_sdk.server import Server, ServerConfig
-from rkllm_sdk.server.catalog import (
-    ModelCatalog,
-    ModelNotFoundError,
-    QueueFullError,
-    scan_models_dir,
-)
-from rkllm_sdk.server.chat_engine import ChatEngine, RequestError
+from rkllm_sdk.server.catalog import ModelCatalog, ModelNotFoundError, QueueFullError
+from rkllm_sdk.server.chat_engine import ChatEngine
+from rkllm_sdk.server.chat_types import RequestError
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.model_specs import scan_models_dir
 from rkllm_sdk.server.openai_api import openai_routes
 from rkllm_sdk.server.openai_wire import (
     OpenAIError,

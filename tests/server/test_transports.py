@@ -204,6 +204,7 @@ async def test_outbox_merges_a_chunk_into_its_runs_queued_result() -> None:
 
 
 async def test_outbox_without_coalescing_merges_only_when_full() -> None:
+    """``coalesce=False``: chunks queue one by one until the queue is full, then merge."""
     outbox = Outbox(2, coalesce=False)
     run = _Run()
     for i in range(4):
@@ -214,6 +215,7 @@ async def test_outbox_without_coalescing_merges_only_when_full() -> None:
 
 
 async def test_outbox_wakes_a_waiting_writer_and_ends_on_close() -> None:
+    """A writer waiting on an empty queue gets the next result at once; close ends it."""
     outbox = Outbox(4)
     got: list[str] = []
 

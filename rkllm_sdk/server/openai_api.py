@@ -1,7 +1,7 @@
 """The OpenAI-compatible API of ``rkllm serve``: ``/v1/models``, ``/v1/chat/completions``,
 ``/v1/completions``, ``/v1/embeddings``.
 
-A translation layer only: requests become :class:`~.chat_engine.ChatRequest` objects (or
+A translation layer only: requests become :class:`~.chat_types.ChatRequest` objects (or
 embedding calls) in :mod:`.openai_wire`, the :class:`~.chat_engine.ChatEngine` runs them
 (queueing, templates, KV cache reuse), and its events become OpenAI's objects here. Mount it
 on the HTTP face::

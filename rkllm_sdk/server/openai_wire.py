@@ -293,7 +293,7 @@ class ParsedChat:
         include_usage: a last chunk with ``usage`` (``stream_options.include_usage``).
         first_tool_only: ``parallel_tool_calls: false``: only the first tool call is kept.
         params: engine field names -> the names the client used, for the ``param`` of an
-            engine's :class:`~.chat_engine.RequestError`.
+            engine's :class:`~.chat_types.RequestError`.
     """
 
     request: ChatRequest

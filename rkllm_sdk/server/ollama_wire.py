@@ -30,7 +30,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidParamsError
+from ..errors import GenerationError, InvalidParamsError
 from .catalog import ModelNotFoundError, QueueFullError
 from .chat_types import ChatDone, ChatRequest, RequestError
 
@@ -108,10 +108,23 @@ def not_found(model: str) -> OllamaError:
     return OllamaError(404, f'model "{model}" not found, try pulling it first')
 
 
-def error_for(exc: Exception, model: str) -> OllamaError | None:
-    """The Ollama error for what the engine or catalog raised (None: a bug, 500)."""
+def error_for(exc: Exception, model: str, context_len: int | None = None) -> OllamaError | None:
+    """The Ollama error for what the engine or catalog raised (None: a bug, 500).
+
+    ``context_len`` is the model's ``max_context_len`` (None: not configured), for the
+    message of a prompt longer than the context (a 400, as Ollama answers it).
+    """
     if isinstance(exc, OllamaError):
         return exc
+    if _context_overflow(exc):
+        size = f"{context_len} tokens" if context_len else "its max_context_len"
+        return bad_request(
+            f"the input length exceeds the context length: {model}'s context is {size} "
+            "(max_context_len, fixed when it loads; options.num_ctx cannot change it), and "
+            "the runtime refused the prompt before generating anything. Send fewer or "
+            "shorter messages, or load the model with a larger max_context_len. "
+            f"The runtime: {exc}"
+        )
     if isinstance(exc, ModelNotFoundError):
         return not_found(model)
     if isinstance(exc, QueueFullError):
@@ -120,6 +133,16 @@ def error_for(exc: Exception, model: str) -> OllamaError | None:
     if isinstance(exc, (RequestError, InvalidParamsError)):
         return bad_request(str(exc))
     return None
+
+
+def _context_overflow(exc: Exception) -> bool:
+    """Whether ``exc`` is the runtime refusing a prompt longer than the model's context:
+    a failed ``rkllm_run`` before the first token whose SDK error names ``max_context_len``
+    as the cause it could not check (RKLLM tokenizes the text itself)."""
+    if not isinstance(exc, GenerationError) or "max_context_len" not in str(exc):
+        return False
+    gen = exc.generation
+    return gen is not None and not gen.text and not gen.token_ids
 
 
 # ---- request fields -----------------------------------------------------------------------

@@ -68,6 +68,9 @@ _CHUNK_EVENTS = 256  # engine events already queued are written out together, up
 
 Event: TypeAlias = ChatDelta | ChatDone
 Run: TypeAlias = Callable[[], AsyncGenerator[Event, None]]
+#: What the engine or the runtime raised -> the error answered (the request's field names
+#: and the model's context length bound in).
+ToError: TypeAlias = Callable[[BaseException], OpenAIError]
 
 
 # ---- errors ------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ class _Failure:
 _Item: TypeAlias = ChatDelta | ChatDone | _Failure
 
 
-async def _produce(run: Run, params: Mapping[str, str], out: MemoryObjectSendStream[_Item]) -> None:
+async def _produce(run: Run, to_error: ToError, out: MemoryObjectSendStream[_Item]) -> None:
     """Iterate the engine's generator (in this one task) into ``out``; an error is the last
     item. Cancelled (or ``out``'s reader gone): the generator is closed, the run aborted."""
     async with out:
@@ -250,7 +253,7 @@ async def _produce(run: Run, params: Mapping[str, str], out: MemoryObjectSendStr
             return
         except Exception as exc:  # every failure is answered to the client
             with contextlib.suppress(anyio.BrokenResourceError):
-                await out.send(_Failure(error_from(exc, params)))
+                await out.send(_Failure(to_error(exc)))
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
@@ -283,14 +286,14 @@ class _RunResponse(Response):
         self,
         run: Run,
         answer: _Answer,
-        params: Mapping[str, str],
+        to_error: ToError,
         ping_s: float,
         done: Callable[[str], None],
     ) -> None:
         super().__init__(status_code=200)
         self.run = run
         self.answer = answer
-        self.params = params
+        self.to_error = to_error
         self.ping_s = ping_s
         self.done = done
         self.outcome = "client gone"
@@ -299,7 +302,7 @@ class _RunResponse(Response):
         """Run, wait for the first event or the grace time, then answer."""
         send_items, items = anyio.create_memory_object_stream[_Item](_CHUNK_EVENTS)
         async with anyio.create_task_group() as tg, items:
-            tg.start_soon(_produce, self.run, self.params, send_items)
+            tg.start_soon(_produce, self.run, self.to_error, send_items)
             first: _Item | None = None
             async with anyio.create_task_group() as waiting:
                 waiting.start_soon(_watch_disconnect, receive, tg.cancel_scope)
@@ -357,7 +360,7 @@ async def _receive(items: MemoryObjectReceiveStream[_Item]) -> _Item:
         return _ended()
 
 
-async def _run_whole(request: Request, run: Run, params: Mapping[str, str]) -> ChatDone | None:
+async def _run_whole(request: Request, run: Run, to_error: ToError) -> ChatDone | None:
     """Run to the end (None: the client disconnected, and the run was aborted).
 
     Raises:
@@ -373,7 +376,7 @@ async def _run_whole(request: Request, run: Run, params: Mapping[str, str]) -> C
                         result = event
             result = result or _ended().error
         except Exception as exc:  # every failure is answered to the client
-            result = error_from(exc, params)
+            result = to_error(exc)
         tg.cancel_scope.cancel()
     if isinstance(result, OpenAIError):
         raise result
@@ -481,35 +484,46 @@ class _OpenAIFace:
         except OpenAIError as exc:
             return self._answer(request, exc.response())
         answer = answer_type(parsed)
+        context_len = self._context_len(parsed.request.model)
+        to_error = partial(error_from, params=parsed.params, context_len=context_len)
 
         def run() -> AsyncGenerator[Event, None]:
             return self.engine.chat(parsed.request)
 
         if parsed.stream:
-            return _RunResponse(
-                run, answer, parsed.params, self.ping_s, partial(self._log, request)
-            )
+            return _RunResponse(run, answer, to_error, self.ping_s, partial(self._log, request))
         try:
-            done = await _run_whole(request, run, parsed.params)
+            done = await _run_whole(request, run, to_error)
         except OpenAIError as exc:
             return self._answer(request, exc.response())
         if done is None:
             return self._answer(request, Response(status_code=499))  # nobody is listening
         return self._answer(request, JSONResponse(answer.whole(done)))
 
+    def _context_len(self, model: str) -> int | None:
+        """The model's ``max_context_len`` when configured (None: unknown model, default)."""
+        try:
+            params = self.engine.catalog.resolve(model).params
+        except ModelNotFoundError:
+            return None
+        return None if params is None else params.max_context_len
+
     async def embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``: L2-normalised vectors from the last hidden layer."""
         if not self.authorized(request.headers):
             return self._answer(request, _unauthorized())
+        context_len = None
         try:
             parsed = parse_embedding(await _json_body(request))
+            context_len = self._context_len(parsed.model)
             vectors, tokens = await self.engine.embed(parsed.model, parsed.inputs)
             size = len(vectors[0]) if vectors else 0
             if parsed.dimensions is not None and parsed.dimensions != size:
                 message = f"`dimensions`: this model's embeddings have {size} dimensions only"
                 raise invalid_request("dimensions", message)
         except Exception as exc:  # every failure is answered to the client
-            return self._answer(request, error_from(exc).response())
+            error = error_from(exc, {"raw_prompt": "input"}, context_len)
+            return self._answer(request, error.response())
         body = {
             "object": "list",
             "data": [_embedding_out(v, i, parsed.base64) for i, v in enumerate(vectors)],

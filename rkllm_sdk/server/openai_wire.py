@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 from starlette.responses import JSONResponse, Response
 
-from ..errors import RKLLMError, http_status
+from ..errors import GenerationError, RKLLMError, http_status
 from .catalog import ModelNotFoundError, QueueFullError
 from .chat_types import ChatRequest, RequestError
 from .templates import TemplateError
@@ -117,12 +117,18 @@ def _unsupported(param: str, what: str) -> OpenAIError:
     return invalid_request(param, f"`{param}`: {what} is not supported by this server")
 
 
-def error_from(exc: BaseException, params: Mapping[str, str] | None = None) -> OpenAIError:
+def error_from(
+    exc: BaseException,
+    params: Mapping[str, str] | None = None,
+    context_len: int | None = None,
+) -> OpenAIError:
     """The OpenAI error for an exception of the engine or the runtime.
 
     Args:
         exc: what the engine (or the runtime below it) raised.
         params: engine field names (``max_tokens``) -> the client's (``max_completion_tokens``).
+        context_len: the model's ``max_context_len`` (None: not configured), for the
+            message of a prompt longer than the context.
     """
     if isinstance(exc, OpenAIError):
         return exc
@@ -135,7 +141,36 @@ def error_from(exc: BaseException, params: Mapping[str, str] | None = None) -> O
         return invalid_request(_client_param(exc.field, params or {}), str(exc))
     if isinstance(exc, TemplateError):
         return invalid_request("messages", f"the model's chat template refused the request: {exc}")
-    return _runtime_error(exc)
+    return _runtime_error(exc, params or {}, context_len)
+
+
+def _context_overflow(exc: BaseException) -> bool:
+    """Whether ``exc`` is the runtime refusing a prompt longer than the model's context.
+
+    RKLLM tokenizes the text itself and refuses a prompt that does not fit
+    ``max_context_len`` with a failed ``rkllm_run`` before the first token; the SDK's
+    :class:`~rkllm_sdk.errors.GenerationError` then names that as the cause it could not
+    check (``max_context_len`` in its message), and the run produced nothing.
+    """
+    if not isinstance(exc, GenerationError) or "max_context_len" not in str(exc):
+        return False
+    gen = exc.generation
+    return gen is not None and not gen.text and not gen.token_ids
+
+
+def _context_exceeded(
+    exc: BaseException, params: Mapping[str, str], context_len: int | None
+) -> OpenAIError:
+    size = f"{context_len} tokens" if context_len else "its max_context_len"
+    message = (
+        f"This model's maximum context length is {size} (max_context_len, fixed when it "
+        "loads), and the runtime refused the prompt before generating anything: the "
+        "conversation, with its system prompt and tools, is longer than that. Shorten it, "
+        "or load the model with a larger context (--model NAME=PATH,max_context_len=N). "
+        f"The runtime: {exc}"
+    )
+    param = params.get("raw_prompt", "messages")  # completions: prompt; embeddings: input
+    return OpenAIError(400, message, param=param, code="context_length_exceeded")
 
 
 def _queue_full(exc: QueueFullError) -> OpenAIError:
@@ -144,8 +179,13 @@ def _queue_full(exc: QueueFullError) -> OpenAIError:
     return OpenAIError(429, str(exc), kind="requests", code="rate_limit_exceeded", headers=headers)
 
 
-def _runtime_error(exc: BaseException) -> OpenAIError:
-    """The error for what the runtime (or a bug) raised: the SDK's own HTTP status."""
+def _runtime_error(
+    exc: BaseException, params: Mapping[str, str], context_len: int | None
+) -> OpenAIError:
+    """The error for what the runtime (or a bug) raised: the SDK's own HTTP status, but a
+    prompt longer than the context is the client's 400 ``context_length_exceeded``."""
+    if _context_overflow(exc):
+        return _context_exceeded(exc, params, context_len)
     if not isinstance(exc, RKLLMError):
         message = f"internal error: {type(exc).__name__}: {exc}"
         return OpenAIError(500, message, kind="server_error")

@@ -24,7 +24,7 @@ from rkllm_sdk.server import Server, ServerConfig
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.model_specs import ModelSpec
+from rkllm_sdk.server.model_specs import ModelSpec, parse_model_option
 from rkllm_sdk.server.ollama_api import ollama_routes
 from rkllm_sdk.server.ollama_wire import (
     OllamaError,
@@ -259,11 +259,12 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    model_files: dict[str, Path], abi: str, *, max_queue: int = 8
+    model_files: dict[str, Path], abi: str, *, max_queue: int = 8, models: Sequence[str] = ()
 ) -> AsyncIterator[Served]:
     """The Ollama face over an engine on the fake runtime, behind KEY, served by uvicorn on
-    127.0.0.1."""
+    127.0.0.1; ``models`` adds ``--model`` options (``NAME=PATH,OPT=V``)."""
     specs = [ModelSpec(name=name, path=path) for name, path in model_files.items()]
+    specs += map(parse_model_option, models)
     catalog = ModelCatalog(specs, runtime="fake", abi=abi, max_loaded=1, max_queue=max_queue)
     face = HttpFace(Server(ServerConfig(runtime="fake", abi=abi)), HttpConfig(api_key=KEY))
     face.add(ollama_routes(ChatEngine(catalog), face.authorized))
@@ -579,3 +580,32 @@ async def test_client_gone_mid_stream_aborts_the_run(
                 options={"num_predict": 3},
             )
         assert reply.done and reply.done_reason == "length" and reply.eval_count == 3
+
+
+@pytest.mark.anyio
+async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
+    model_files: dict[str, Path], abi: str
+) -> None:
+    """A conversation longer than max_context_len (the runtime refuses it before its first
+    token) is a 400 saying the input exceeds the context length and naming it, streamed or
+    not, chat and generate (not an opaque 500); the model then serves the next request."""
+    small = f"small={model_files[CHAT]},max_context_len=64"
+    long_text = "word " * 300
+    async with serving(model_files, abi, models=[small]) as served:
+        c = served.client()
+        too_long = [{"role": "user", "content": long_text}]
+        with anyio.fail_after(DEADLINE_S):
+            for call in (
+                c.chat(model="small", messages=too_long, stream=False),
+                collect(await c.chat(model="small", messages=too_long, stream=True)),
+            ):
+                with pytest.raises(ollama.ResponseError) as caught:
+                    await call
+                assert caught.value.status_code == 400
+                assert "exceeds the context length" in caught.value.error
+                assert "64 tokens" in caught.value.error
+            with pytest.raises(ollama.ResponseError) as caught:
+                await c.generate(model="small", prompt=long_text)
+            assert caught.value.status_code == 400 and "64 tokens" in caught.value.error
+            reply = await c.chat(model="small", messages=[{"role": "user", "content": "Hello"}])
+        assert reply.message.content == "Hi there, friend!"

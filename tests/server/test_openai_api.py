@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,7 @@ from rkllm_sdk.server.catalog import ModelCatalog, ModelNotFoundError, QueueFull
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.chat_types import RequestError
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.model_specs import scan_models_dir
+from rkllm_sdk.server.model_specs import parse_model_option, scan_models_dir
 from rkllm_sdk.server.openai_api import openai_routes
 from rkllm_sdk.server.openai_wire import (
     OpenAIError,
@@ -406,12 +406,12 @@ async def serving(
     key: str = KEY,
     ping_s: float = 1.0,
     log: list[str] | None = None,
+    models: Sequence[str] = (),
 ) -> AsyncIterator[tuple[openai.AsyncOpenAI, ModelCatalog, str]]:
     """The OpenAI face over ``models_dir`` served on 127.0.0.1: (client, catalog, base URL);
-    its log lines go to ``log``."""
-    catalog = ModelCatalog(
-        scan_models_dir(models_dir), runtime="fake", abi=abi, max_queue=max_queue
-    )
+    its log lines go to ``log``; ``models`` adds ``--model`` options (``NAME=PATH,OPT=V``)."""
+    specs = [*scan_models_dir(models_dir), *map(parse_model_option, models)]
+    catalog = ModelCatalog(specs, runtime="fake", abi=abi, max_queue=max_queue)
     face = HttpFace(
         Server(ServerConfig(runtime="fake", abi=abi, models_dir=models_dir)),
         HttpConfig(api_key=key, ping_s=ping_s),
@@ -834,3 +834,31 @@ async def test_a_client_leaving_while_queued_leaves_the_queue(models_dir: Path, 
             assert counters.running == 1
             chunk = await anext(aiter(first))  # the first run is still going
             assert chunk.choices
+
+
+async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
+    models_dir: Path, abi: str
+) -> None:
+    """A conversation longer than max_context_len (the runtime refuses it before its first
+    token) is 400 context_length_exceeded naming the context length, streamed or not, for
+    chat and completions (LiteLLM maps that code to ContextWindowExceededError), not an
+    opaque 500; the model then serves the next request."""
+    small = f"small={models_dir / 'm.json'},max_context_len=64"
+    long_text = "word " * 300
+    async with serving(models_dir, abi, models=[small]) as (client, _, _):
+        with anyio.fail_after(DEADLINE_S):
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as info:
+                    await client.chat.completions.create(
+                        model="small",
+                        messages=[{"role": "user", "content": long_text}],
+                        stream=stream,
+                    )
+                assert info.value.code == "context_length_exceeded"
+                assert info.value.param == "messages"
+                assert "maximum context length is 64 tokens" in info.value.message
+            with pytest.raises(openai.BadRequestError) as info:
+                await client.completions.create(model="small", prompt=long_text)
+            assert (info.value.code, info.value.param) == ("context_length_exceeded", "prompt")
+            reply = await client.chat.completions.create(model="small", messages=[USER])
+        assert reply.choices[0].message.content == "Hi there, friend!"

@@ -347,6 +347,8 @@ class _OllamaFace:
             body = json.loads(raw)
         except ValueError as exc:
             raise bad_request(f"invalid JSON body: {exc}") from None
+        except RecursionError:  # nested deeper than the decoder goes
+            raise bad_request("invalid JSON body: nested too deeply") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
         return body

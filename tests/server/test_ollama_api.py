@@ -609,3 +609,26 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
             assert caught.value.status_code == 400 and "64 tokens" in caught.value.error
             reply = await c.chat(model="small", messages=[{"role": "user", "content": "Hello"}])
         assert reply.message.content == "Hi there, friend!"
+
+
+@pytest.mark.anyio
+async def test_bodies_that_are_no_request_are_400_in_ollamas_shape(
+    model_files: dict[str, Path], abi: str
+) -> None:
+    """Malformed, non-UTF-8, non-object and deeply nested JSON bodies are each a 400
+    {"error": ...} on every POST endpoint (a nesting deeper than the decoder went was a 500);
+    the server then answers the next request."""
+    bodies = [b'{"model":', b'{"model": "\xff"}', b"[1]", b"[" * 100_000 + b"]" * 100_000]
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with serving(model_files, abi) as served:
+        async with httpx.AsyncClient(base_url=served.host, timeout=DEADLINE_S) as raw:
+            with anyio.fail_after(DEADLINE_S):
+                for path in ("/api/chat", "/api/generate", "/api/embed", "/api/show"):
+                    for body in bodies:
+                        r = await raw.post(path, content=body, headers=headers)
+                        assert r.status_code == 400, (path, body[:20], r.text)
+                        assert isinstance(r.json()["error"], str)
+                reply = await served.client().chat(
+                    model=CHAT, messages=[{"role": "user", "content": "Hello"}]
+                )
+        assert reply.message.content == "Hi there, friend!"

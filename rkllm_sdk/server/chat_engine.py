@@ -19,7 +19,10 @@ the two:
    (:attr:`ChatEngine.prefix_min_chars` characters or more), the first such run saves a
    prompt cache into ``CACHE_SUBDIR`` of the catalog's cache directory (bounded, least
    recently used deleted first) and later fresh runs load it: the runtime skips the
-   longest common prefix.
+   longest common prefix. Only files this engine saved and measured (their tokens) are
+   loaded: a run on a prompt cache is proven free of context shifts by the file's size
+   plus the tokens computed and generated; a file of unknown size (an earlier server's)
+   is saved anew, and a loaded one released before a fresh run.
 5. Lines of the system message that change on every request (Home Assistant starts it with
    "Current time is 18:42:07. ...") would defeat both: they move to the start of the newest
    user turn, and stay with that turn in later requests (:attr:`ChatEngine.volatile_patterns`).
@@ -132,6 +135,9 @@ class ChatEngine:
         self.prefix_min_chars = prefix_min_chars
         self.prompt_cache_max_files = prompt_cache_max_files
         self.prompt_cache_max_bytes = prompt_cache_max_bytes
+        # Tokens in each prompt-cache file this engine saved (its run's prompt, measured
+        # when the run ended cleanly): what bounds a later run that loads it (see _finish).
+        self._prompt_cache_tokens: dict[Path, int] = {}
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -240,14 +246,22 @@ class ChatEngine:
         prompt_tokens = plan.base_tokens + max(sent_tokens, computed)
         cached = max(prompt_tokens - computed, 0)
         # Without a prompt cache in play the runtime computes exactly what was sent (one
-        # token of slack: an end-of-sequence token may or may not stay in the cache). More
-        # tokens than the context holds means it shifted: the cache lost its beginning.
+        # token of slack: an end-of-sequence token may or may not stay in the cache), so the
+        # prompt is base + computed tokens. With one, the prompt is at most the file's
+        # tokens plus those computed; a file of unknown size proves nothing. A prompt and
+        # reply that may not fit the context may have been shifted (the cache lost tokens
+        # while kv_cache_size and the counts still look plausible): not reused.
         exact = plan.base_tokens > 0 or state.prompt_cache is None
+        reused_max: int | None = 0
+        if not exact and state.prompt_cache is not None:
+            reused_max = self._prompt_cache_tokens.get(state.prompt_cache)
         consistent = (
             reply.complete
             and sent_tokens >= 1
+            and reused_max is not None
             and (abs(sent_tokens - computed) <= 1 if exact else sent_tokens + 1 >= computed)
-            and plan.base_tokens + computed + generated <= (llm.params.max_context_len or 0)
+            and plan.base_tokens + reused_max + computed + generated
+            <= (llm.params.max_context_len or 0)
         )
         if consistent and self.reuse:
             state.text = plan.base_text + plan.send + reply.raw
@@ -257,11 +271,15 @@ class ChatEngine:
             state.tokens = n1
             state.notes = run.notes
         if plan.save is not None:
+            if consistent:  # the file holds this run's prompt: sent_tokens, no shift
+                self._prompt_cache_tokens[plan.save] = sent_tokens
             bound_prompt_caches(
                 plan.save,
                 max_files=self.prompt_cache_max_files,
                 max_bytes=self.prompt_cache_max_bytes,
             )
+            for path in [p for p in self._prompt_cache_tokens if not p.exists()]:
+                del self._prompt_cache_tokens[path]
         completion = reply.shown_tokens if reply.finish is not None else generated
         if req.max_tokens is not None:
             completion = min(completion, req.max_tokens)
@@ -348,7 +366,9 @@ class ChatEngine:
         cache = self._prefix_cache(loaded, req, messages, tools, prompt)
         load = save = None
         if cache is not None:
-            if cache.exists():
+            # A file this engine did not measure (an earlier process's, or one whose
+            # saving run did not end cleanly) is saved anew rather than loaded.
+            if cache.exists() and cache in self._prompt_cache_tokens:
                 load = cache
             else:
                 save = cache
@@ -360,6 +380,8 @@ class ChatEngine:
             clear=clear,
             load=load,
             save=save,
+            # A loaded file this engine did not measure would leave the run unprovable.
+            release=state.prompt_cache not in self._prompt_cache_tokens,
         )
 
     def _prefix_cache(

@@ -112,6 +112,7 @@ class ReusePlan:
     clear: bool  # clear the KV cache first
     load: Path | None = None  # load this prompt cache first
     save: Path | None = None  # this run saves a prompt cache here
+    release: bool = False  # release the loaded prompt cache first (unless it is ``load``)
 
 
 def continuation(state: KVRecord, prompt: str) -> ReusePlan | None:
@@ -156,6 +157,9 @@ async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
         state.forget()
         await llm.clear_kv_cache()
         state.text = ""
+    if state.prompt_cache is not None and plan.release and state.prompt_cache != plan.load:
+        state.prompt_cache = None
+        await llm.release_prompt_cache()
     if plan.load is not None and state.prompt_cache != plan.load:
         if state.prompt_cache is not None:
             state.prompt_cache = None

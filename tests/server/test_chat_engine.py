@@ -99,12 +99,13 @@ async def harness(
     model: FakeModel,
     *,
     template: str = "qwen2.5",
+    params: ModelParams = PARAMS,
     **engine_options: Any,
 ) -> AsyncIterator[Harness]:
     """A catalog serving ``model`` as ``m:latest`` and an engine over it."""
     path = model.write(tmp_path / "m.json")
     catalog = ModelCatalog(
-        [ModelSpec(name="m:latest", path=path, params=PARAMS, template=template)],
+        [ModelSpec(name="m:latest", path=path, params=params, template=template)],
         runtime="fake",
         abi=abi,
         cache_dir=tmp_path / "cache",
@@ -482,6 +483,29 @@ async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> No
         _, cache, _ = await h.record()
         assert done.cached_tokens == 0 and not saved.exists()
         assert cache == await h.render(SYSTEM, user("What is the weather like?")) + done.content
+
+
+async def test_a_shift_after_a_prompt_cache_is_not_reused(tmp_path: Path, abi: str) -> None:
+    """A run that loaded a prompt cache and then overflowed the context (the runtime shifted
+    the cache: its token count still looked plausible) leaves the record unknown; so does a
+    run on a prompt-cache file this engine did not measure (an earlier server's), which is
+    saved anew. Without that, the next turn would send only its new text to a cache that
+    lost part of the conversation."""
+    system = {"role": "system", "content": "You control a home. " + "Kitchen light is off. " * 45}
+    model = FakeModel(natural_end=False, decode_ms=1)
+    params = ModelParams(max_context_len=400)
+    async with harness(tmp_path, abi, model, params=params) as h:
+        await h.done(system, user("Hi"), max_tokens=3)  # saves the prompt cache
+        for engine in (h.engine, ChatEngine(h.catalog)):  # the second: a restarted server
+            h.engine = engine
+            await h.done(system, user("Hello"), max_tokens=200)  # ~250 + 200 tokens: shifted
+            state, cache, _ = await h.record()
+            assert state.text is None or state.text == cache
+            await h.done(system, user("Bye"), max_tokens=2)
+            state, cache, run = await h.record()
+            full = await h.render(system, user("Bye"))
+            assert run.input.text == full and cache.startswith(full)
+            assert state.text is None or state.text == cache
 
 
 def ha_system(time: str) -> dict[str, Any]:

@@ -265,9 +265,7 @@ class ChatEngine:
         )
         if consistent and self.reuse:
             state.text = plan.base_text + plan.send + reply.raw
-            state.views = cache_views(
-                plan.prompt + reply.raw, len(plan.prompt) - len(plan.send), run.think
-            )
+            state.views = cache_views(plan.prompt + reply.raw, len(plan.prompt), run.think)
             state.tokens = n1
             state.notes = run.notes
         if plan.save is not None:

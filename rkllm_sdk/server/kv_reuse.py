@@ -132,14 +132,23 @@ def continuation(state: KVRecord, prompt: str) -> ReusePlan | None:
     return None
 
 
-def cache_views(full: str, turn_start: int, think: tuple[str, str] | None) -> tuple[str, ...]:
-    """What the cache (holding ``full``) stands for: ``full``, then ``full`` with the
-    latest turn's think block cut (as templates render past replies), with and without
-    the newlines that followed it."""
+def cache_views(full: str, reply_start: int, think: tuple[str, str] | None) -> tuple[str, ...]:
+    """What the cache (holding ``full``, the reply from ``reply_start``) stands for:
+    ``full``, then ``full`` with the reply's think block cut (as templates render past
+    replies), with and without the newlines that followed it. The block opens in the reply,
+    or at the very end of the prompt (DeepSeek-R1 opens it, Qwen3 with thinking off writes
+    an empty one): a think tag anywhere else (a user typed it) is data."""
     views = [full]
     if think is not None:
-        i = full.find(think[0], turn_start)
-        j = full.rfind(think[1])
+        opened, closed = think
+        end = full[:reply_start].rstrip()
+        if end.endswith(closed) and end[: -len(closed)].rstrip().endswith(opened):
+            i = len(end[: -len(closed)].rstrip()) - len(opened)  # an empty block
+        elif end.endswith(opened):
+            i = len(end) - len(opened)
+        else:
+            i = full.find(opened, reply_start)
+        j = full.rfind(closed)
         if 0 <= i < j:
             head, tail = full[:i], full[j + len(think[1]) :]
             for view in (head + tail, head + tail.lstrip("\n"), head + tail.lstrip()):

@@ -284,6 +284,19 @@ async def test_thinking_off_turns_continue_the_cache(tmp_path: Path, abi: str) -
         assert done2.cached_tokens > 0 and cache == state.text
 
 
+async def test_think_tags_in_a_user_message_are_not_a_think_block(tmp_path: Path, abi: str) -> None:
+    """Only the reply's think block (or the one the prompt opens for it) is cut from what
+    the cache stands for: a "<think>" the user typed is data. Otherwise a request whose user
+    message reads like the cut text would continue a cache holding another conversation."""
+    async with harness(tmp_path, abi, FakeModel(thinking=True), template="qwen3") as h:
+        done = await h.done(user("Say <think> please, secret"), thinking=False)
+        forged = [user(f"Say {done.content} more")]
+        await h.done(*forged, thinking=False, max_tokens=2)
+        _, cache, run = await h.record()
+        full = await h.render(*forged, enable_thinking=False)
+        assert run.input.text == full and cache.startswith(full)
+
+
 # ---- tools ---------------------------------------------------------------------------------
 
 

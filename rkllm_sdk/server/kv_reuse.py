@@ -49,10 +49,11 @@ __all__ = [
 ]
 
 #: Home Assistant's first system line (``homeassistant.helpers.llm.BASE_PROMPT``), rendered
-#: anew with the current time for every request of a conversation.
+#: anew with the current time for every request of a conversation. A whole line only: the
+#: same words inside a line of the user's own instructions are left alone.
 HOME_ASSISTANT_TIME = (
-    r"Current time is \d{1,2}:\d{2}(?::\d{2})?(?: ?[AP]M)?\. "
-    r"Today's date is \d{4}-\d{2}-\d{2}\.\n?"
+    r"(?m)^Current time is \d{1,2}:\d{2}(?::\d{2})?(?: ?[AP]M)?\. "
+    r"Today's date is \d{4}-\d{2}-\d{2}\.(?:\n|\Z)"
 )
 
 #: The engine's prompt caches: this directory inside the catalog's ``cache_dir`` holds

@@ -558,6 +558,24 @@ async def test_home_assistant_time_moves_into_the_user_turn(tmp_path: Path, abi:
         assert "19:00:00" in cache and "18:42" not in cache
 
 
+async def test_only_home_assistants_own_time_line_moves(tmp_path: Path, abi: str) -> None:
+    """Only a whole line in Home Assistant's format moves; the same words inside a line of
+    the user's own instructions stay where the user wrote them, untouched."""
+    own = "Say it like this: Current time is 10:00. Today's date is 2026-01-01. Then stop."
+    async with harness(tmp_path, abi, FakeModel()) as h:
+        system = ha_system("18:42:07")
+        system["content"] += f"\n{own}"
+        await h.done(system, user("Hello"))
+        _, _, run = await h.record()
+        system_turn, _, rest = run.input.text.partition("<|im_start|>user\n")
+        assert own in system_turn and "18:42:07" not in system_turn
+        assert rest.startswith("Current time is 18:42:07. Today's date is 2026-11-30.\n\nHello")
+
+        await h.done({"role": "system", "content": own}, user("Hi"))
+        _, _, run = await h.record()
+        assert run.input.text == await h.render({"role": "system", "content": own}, user("Hi"))
+
+
 async def test_volatile_lines_left_in_place_when_off(tmp_path: Path, abi: str) -> None:
     """With volatile_patterns=() the system message is rendered as sent: a new time is a new
     conversation (nothing reused)."""

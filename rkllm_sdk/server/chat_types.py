@@ -178,11 +178,23 @@ def check_request(req: ChatRequest) -> list[Mapping[str, Any]] | None:
     if not req.messages:
         raise RequestError("messages", "messages must not be empty")
     _check_messages(req.messages)
+    _check_tools(req.tools)
     return _shown_tools(req)
+
+
+def _check_tools(tools: Sequence[Mapping[str, Any]]) -> None:
+    for i, t in enumerate(tools):
+        function = t.get("function") if isinstance(t, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise RequestError(
+                "tools", f'tools[{i}] must be {{"type": "function", "function": {{"name": ...}}}}'
+            )
 
 
 def _check_messages(messages: Sequence[Mapping[str, Any]]) -> None:
     for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise RequestError("messages", f"messages[{i}] must be an object")
         role = m.get("role")
         if role not in _ROLES:
             raise RequestError(

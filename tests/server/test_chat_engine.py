@@ -189,7 +189,8 @@ async def test_raw_prompt_sent_as_is(tmp_path: Path, abi: str) -> None:
 
 
 async def test_unknown_model_and_bad_requests_raise_first(tmp_path: Path, abi: str) -> None:
-    """ModelNotFoundError and RequestError come before any delta."""
+    """ModelNotFoundError and RequestError (naming the field: a malformed message or tool
+    is neither an AttributeError nor blamed on another field) come before any delta."""
     async with harness(tmp_path, abi, FakeModel()) as h:
         with pytest.raises(ModelNotFoundError):
             await h.engine.chat(ChatRequest(model="nope", messages=(user("x"),))).__anext__()
@@ -197,6 +198,10 @@ async def test_unknown_model_and_bad_requests_raise_first(tmp_path: Path, abi: s
             ({"messages": ()}, "messages"),
             ({"messages": ({"role": "robot", "content": "x"},)}, "messages"),
             ({"messages": (user("x"),), "max_tokens": 0}, "max_tokens"),
+            ({"messages": ("x",)}, "messages"),
+            ({"messages": (user("x"),), "tools": ("x",)}, "tools"),
+            ({"messages": (user("x"),), "tools": ({"type": "function"},)}, "tools"),
+            ({"messages": (user("x"),), "tools": ({"function": {"name": 3}},)}, "tools"),
             ({"messages": (user("x"),), "tool_choice": "required"}, "tool_choice"),
             (
                 {"messages": (user("x"),), "tools": (LIGHT_TOOL,), "tool_choice": _named("nope")},

@@ -159,17 +159,21 @@ class ChatEngine:
                 run = await self._start(loaded, state, req, tools)
                 reply = run.reply
                 state.forget()  # until the run has ended cleanly
-                async with loaded.llm.stream(run.plan.send, **run.options) as s:
-                    async for chunk in s:
-                        deltas = reply.feed(chunk)
-                        if reply.finish is not None and not reply.pause_requested:
-                            reply.pause_requested = True
-                            s.pause()  # the cache then ends exactly at the delivered tokens
-                        for delta in deltas:
-                            yield delta
-                    gen = s.result()
-                last: list[ChatDelta | ChatDone] = [*reply.end()]
-                last.append(await self._finish(loaded, state, req, run, gen, t0))
+                try:
+                    async with loaded.llm.stream(run.plan.send, **run.options) as s:
+                        async for chunk in s:
+                            deltas = reply.feed(chunk)
+                            if reply.finish is not None and not reply.pause_requested:
+                                reply.pause_requested = True
+                                s.pause()  # the cache then ends exactly at the delivered tokens
+                            for delta in deltas:
+                                yield delta
+                        gen = s.result()
+                    last: list[ChatDelta | ChatDone] = [*reply.end()]
+                    last.append(await self._finish(loaded, state, req, run, gen, t0))
+                finally:
+                    if run.plan.save is not None:  # however the run ended, it may have saved
+                        self._bound_prompt_caches(run.plan.save)
         # The model's turn is over before the last items go out: a consumer that stops
         # at ChatDone without closing the generator holds nothing.
         for item in last:
@@ -268,16 +272,8 @@ class ChatEngine:
             state.views = cache_views(plan.prompt + reply.raw, len(plan.prompt), run.think)
             state.tokens = n1
             state.notes = run.notes
-        if plan.save is not None:
-            if consistent:  # the file holds this run's prompt: sent_tokens, no shift
-                self._prompt_cache_tokens[plan.save] = sent_tokens
-            bound_prompt_caches(
-                plan.save,
-                max_files=self.prompt_cache_max_files,
-                max_bytes=self.prompt_cache_max_bytes,
-            )
-            for path in [p for p in self._prompt_cache_tokens if not p.exists()]:
-                del self._prompt_cache_tokens[path]
+        if plan.save is not None and consistent:  # the file holds sent_tokens, no shift
+            self._prompt_cache_tokens[plan.save] = sent_tokens
         completion = reply.shown_tokens if reply.finish is not None else generated
         if req.max_tokens is not None:
             completion = min(completion, req.max_tokens)
@@ -303,6 +299,14 @@ class ChatEngine:
             generate_ms=perf.generate_time_ms if perf is not None else 0.0,
             total_ms=(time.perf_counter() - t0) * 1e3,
         )
+
+    def _bound_prompt_caches(self, keep: Path) -> None:
+        """The prompt-cache directory's bound, after a run that saved ``keep``."""
+        bound_prompt_caches(
+            keep, max_files=self.prompt_cache_max_files, max_bytes=self.prompt_cache_max_bytes
+        )
+        for path in [p for p in self._prompt_cache_tokens if not p.exists()]:
+            del self._prompt_cache_tokens[path]
 
     # ---- embeddings ------------------------------------------------------------------------
 

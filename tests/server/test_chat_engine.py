@@ -14,12 +14,13 @@ import anyio
 import pytest
 
 from rkllm_sdk import ModelParams
+from rkllm_sdk.errors import GenerationError
 from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest, RequestError
 from rkllm_sdk.server.kv_reuse import CACHE_SUBDIR, KVRecord
 from rkllm_sdk.server.model_specs import ModelSpec
-from rkllm_sdk.testing import FakeModel, kv_text, last_input, tool_call_reply
+from rkllm_sdk.testing import FakeModel, Faults, kv_text, last_input, tool_call_reply
 
 from .conftest import DEADLINE_S
 
@@ -489,6 +490,19 @@ async def test_prompt_cache_directory_is_bounded(tmp_path: Path, abi: str) -> No
             system = {"role": "system", "content": f"Home {n}. " + "State. " * 60}
             await h.done(system, user("hi"))
         assert len(list((tmp_path / "cache" / CACHE_SUBDIR).iterdir())) == 2
+
+
+async def test_prompt_caches_of_failed_runs_stay_within_the_bound(tmp_path: Path, abi: str) -> None:
+    """A run that saved a prompt cache and then failed (or was aborted) still applies the
+    directory's bound: failing requests cannot fill the disk."""
+    async with harness(
+        tmp_path, abi, FakeModel(faults=Faults(error_after=2)), prompt_cache_max_files=1
+    ) as h:
+        for n in range(3):
+            system = {"role": "system", "content": f"Home {n}. " + "State. " * 60}
+            with pytest.raises(GenerationError):
+                await h.done(system, user("hi"))
+        assert len(list((tmp_path / "cache" / CACHE_SUBDIR).iterdir())) == 1
 
 
 async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> None:

@@ -87,6 +87,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 #: a date far in the future.
 _FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
 _NDJSON = "application/x-ndjson"
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
 #: Vectors, prompt tokens, milliseconds.
 _EmbedResult = tuple[list[list[float]], int, float]
 
@@ -300,6 +301,10 @@ class _OllamaFace:
         return [
             Route("/", self.root, methods=["GET", "HEAD"]),
             *(Route(path, self._guarded(fn), methods=methods) for path, fn, methods in api),
+            # Last: any other path, or a known one with another method (Starlette's plain
+            # 404 / 405 otherwise).
+            Route("/api/{path:path}", self.unknown, methods=_METHODS),
+            Route("/api", self.unknown, methods=_METHODS),
         ]
 
     def _note(self, line: str) -> None:
@@ -448,6 +453,12 @@ class _OllamaFace:
             lines = b"".join(ndjson_line({"status": s}) for s in steps)
             return Response(lines, media_type=_NDJSON)
         return JSONResponse({"status": "success"})
+
+    async def unknown(self, request: Request) -> Response:
+        """Any other ``/api`` path or method: 404 ``{"error": ...}``, as Ollama answers it."""
+        where = f"{request.method} {request.url.path}"
+        self._note(f"ollama {where} 404 (no such endpoint)")
+        return OllamaError(404, f"404 page not found: {where} is not an endpoint").response()
 
     async def unsupported(self, request: Request) -> Response:
         """Model management: refused."""

@@ -632,3 +632,27 @@ async def test_bodies_that_are_no_request_are_400_in_ollamas_shape(
                     model=CHAT, messages=[{"role": "user", "content": "Hello"}]
                 )
         assert reply.message.content == "Hi there, friend!"
+
+
+@pytest.mark.anyio
+async def test_other_paths_and_methods_are_404_in_ollamas_shape(
+    model_files: dict[str, Path], abi: str
+) -> None:
+    """An unknown /api path, or a known one with another method (GET /api/chat), is a 404
+    {"error": ...} as Ollama answers it (it was Starlette's plain-text 404 / 405); the
+    client raises ResponseError with the text."""
+    async with serving(model_files, abi) as served:
+        async with httpx.AsyncClient(base_url=served.host, timeout=DEADLINE_S) as raw:
+            with anyio.fail_after(DEADLINE_S):
+                for method, path in [
+                    ("GET", "/api/nope"),
+                    ("POST", "/api/nope/deeper"),
+                    ("GET", "/api/chat"),
+                    ("DELETE", "/api/tags"),
+                    ("POST", "/api"),
+                ]:
+                    r = await raw.request(method, path)
+                    assert r.status_code == 404, (method, path)
+                    assert path in r.json()["error"]
+                tags = await raw.get("/api/tags", headers={"Authorization": f"Bearer {KEY}"})
+        assert tags.status_code == 200

@@ -445,8 +445,14 @@ class McpFace:
         """
         lines = _StdinLines(sys.stdin.fileno(), self.server.config.max_message_bytes)
         stdin = cast("anyio.AsyncFile[str]", lines)  # it only iterates over the lines
-        async with stdio_server(stdin=stdin) as (read, write):
-            await self.mcp.run(read, write, self.mcp.create_initialization_options())
+        try:
+            async with stdio_server(stdin=stdin) as (read, write):
+                await self.mcp.run(read, write, self.mcp.create_initialization_options())
+        except* (BrokenPipeError, ConnectionResetError):
+            # The client closed its end of standard output (killed mid-stream): the
+            # connection is over, as at EOF; its runs were cancelled, its handles freed.
+            if self.log is not None:
+                self.log("mcp stdio: the client has gone (standard output closed)")
 
     def mount(self, face: HttpFace, *, dns_rebinding_protection: bool = True) -> None:
         """Serve Streamable HTTP at ``/mcp`` on ``face`` (its API key, its HTTP sessions).

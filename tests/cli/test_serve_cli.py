@@ -206,3 +206,71 @@ def test_http_announces_every_endpoint_and_exits_0_on_sigterm(abi: str, tmp_path
             if proc.poll() is None:  # a failed assertion: do not wait forever
                 proc.kill()
     assert proc.returncode == 0
+
+
+def _mcp_call(proc: subprocess.Popen[bytes], message: dict[str, object]) -> None:
+    """Write one MCP message to the server's standard input."""
+    assert proc.stdin
+    proc.stdin.write(json.dumps(message).encode() + b"\n")
+    proc.stdin.flush()
+
+
+def _listening_port(proc: subprocess.Popen[bytes]) -> int:
+    """The HTTP port the server announces on stderr."""
+    assert proc.stderr
+    lines = []
+    for _ in range(50):
+        line = proc.stderr.readline().decode()
+        lines.append(line)
+        found = re.search(r"listening on http 127\.0\.0\.1:(\d+) ", line)
+        if found:
+            return int(found.group(1))
+    raise AssertionError(lines)
+
+
+@pytest.mark.parametrize("with_http", [False, True])
+def test_a_stdio_client_that_vanishes_mid_stream_does_not_crash_the_server(
+    abi: str, tmp_path: Path, with_http: bool
+) -> None:
+    """A desktop client killed while ``generate`` streams (both its pipes closed at once):
+    the server aborts the run and ends the connection quietly. Alone it exits 0 with no
+    traceback; with ``--http`` too it keeps serving HTTP (no handle or run left) until
+    SIGTERM, then exits 0. (The broken stdout was a traceback and exit 1, HTTP included.)"""
+    FakeModel(decode_ms=20, natural_end=False).write(tmp_path / "slow.json")
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--mcp-stdio", "--runtime", "fake"]
+    cmd += ["--abi", abi, "--models-dir", str(tmp_path)]
+    if with_http:
+        cmd += ["--http", "127.0.0.1:0"]
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env()
+    ) as proc:
+        try:
+            assert proc.stdin and proc.stdout and proc.stderr
+            port = _listening_port(proc) if with_http else None
+            _mcp_call(proc, INITIALIZE)
+            assert b'"serverInfo"' in proc.stdout.readline()
+            _mcp_call(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            generate = {"name": "generate", "_meta": {"progressToken": "p"}}
+            generate["arguments"] = {"model": "slow", "prompt": "Go", "max_new_tokens": 5000}
+            _mcp_call(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": generate})
+            assert b"notifications/progress" in proc.stdout.readline()  # it streams
+            proc.stdin.close()  # the client is killed: both pipes close
+            proc.stdout.close()
+            if port is not None:
+                hello = {"model": "slow", "prompt": "Hi", "stream": False}
+                hello["options"] = {"num_predict": 2}
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as c:
+                    # the model is free at once (the abandoned run took 100 s), then idle
+                    assert c.post("/api/generate", json=hello).status_code == 200
+                    stats = {"jsonrpc": "2.0", "id": 1, "method": "stats"}
+                    result = c.post("/rpc", json=stats).json()["result"]
+                    assert (result["runs"], result["handles"]) == (0, 0)
+                assert proc.poll() is None
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE_S)
+            err = proc.stderr.read().decode()
+            assert "Traceback" not in err, err
+        finally:
+            if proc.poll() is None:  # a failed assertion: do not wait forever
+                proc.kill()
+    assert proc.returncode == 0, err

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from rkllm_sdk import ModelParams
-from rkllm_sdk.errors import GenerationError
+from rkllm_sdk.errors import ClosedError, GenerationError
 from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest, RequestError
@@ -647,6 +647,85 @@ async def test_abort_mid_stream_then_a_full_prefill(tmp_path: Path, abi: str) ->
         full = await h.render(*second)
         assert run.input.text == full and done.cached_tokens == 0
         assert cache == state.text and cache.startswith(full)
+
+
+async def test_two_requests_at_once_then_each_continues_only_its_own(
+    tmp_path: Path, abi: str
+) -> None:
+    """Two conversations sent together take turns on the model; afterwards the cache holds
+    the one that ran last, so a follow-up of the other is prefilled in full."""
+    async with harness(tmp_path, abi, FakeModel(decode_ms=2)) as h:
+        a, b = [SHORT_SYSTEM, user("First talk")], [SHORT_SYSTEM, user("Second talk")]
+        dones: dict[str, ChatDone] = {}
+
+        async def run(name: str, messages: list[dict[str, Any]]) -> None:
+            dones[name] = await h.done(*messages)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "a", a)
+            await anyio.sleep(0.01)  # "a" takes the turn first
+            tg.start_soon(run, "b", b)
+        state, cache, _ = await h.record()
+        assert cache == state.text == await h.render(*b) + dones["b"].content
+        follow = [*a, assistant(dones["a"]), user("More")]
+        done = await h.done(*follow)
+        state, cache, run_input = await h.record()
+        full = await h.render(*follow)
+        assert run_input.input.text == full and done.cached_tokens == 0
+        assert cache == state.text == full + done.content
+
+
+async def test_a_swap_and_back_forgets_the_cache(tmp_path: Path, abi: str) -> None:
+    """With one model loaded at a time, a request for another model unloads the first; when
+    it comes back its cache is empty, so its next turn is prefilled in full (the record did
+    not survive the unload)."""
+    paths = [FakeModel().write(tmp_path / f"{n}.json") for n in ("m", "n")]
+    specs = [
+        ModelSpec(name=f"{n}:latest", path=p, params=PARAMS, template="qwen2.5")
+        for n, p in zip(("m", "n"), paths, strict=True)
+    ]
+    catalog = ModelCatalog(specs, runtime="fake", abi=abi, cache_dir=tmp_path / "cache")
+    async with catalog.lifespan():
+        h = Harness(ChatEngine(catalog), catalog)
+        first = [SHORT_SYSTEM, user("Hello there")]
+        done1 = await h.done(*first)
+        with anyio.fail_after(DEADLINE_S):
+            async with aclosing(
+                h.engine.chat(ChatRequest(model="n", messages=(user("Hi"),)))
+            ) as it:
+                assert isinstance([item async for item in it][-1], ChatDone)
+        second = [*first, assistant(done1), user("More")]
+        done2 = await h.done(*second)
+        state, cache, run = await h.record()
+        full = await h.render(*second)
+        assert run.input.text == full and done2.cached_tokens == 0
+        assert cache == state.text == full + done2.content
+
+
+async def test_closing_the_catalog_ends_running_and_waiting_chats(tmp_path: Path, abi: str) -> None:
+    """Closing the catalog while one chat runs and another waits for the model ends both at
+    once with ClosedError (no hang)."""
+    model = FakeModel(decode_ms=20, natural_end=False)
+    async with harness(tmp_path, abi, model) as h:
+        errors: list[BaseException] = []
+
+        async def chat(text: str) -> None:
+            req = ChatRequest(model="m", messages=(user(text),))
+            try:
+                async with aclosing(h.engine.chat(req)) as it:
+                    async for _ in it:
+                        pass
+            except ClosedError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(DEADLINE_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(chat, "running")
+                await anyio.sleep(0.2)
+                tg.start_soon(chat, "waiting")
+                await anyio.sleep(0.05)
+                await h.catalog.aclose()
+        assert len(errors) == 2
 
 
 async def test_reuse_off_reprefills_everything(tmp_path: Path, abi: str) -> None:

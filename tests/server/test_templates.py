@@ -709,3 +709,29 @@ def test_a_reply_extends_the_prompt(name: str, extends: bool) -> None:
     history = [*CHAT[:2], {"role": "assistant", "content": reply}, CHAT[3]]
     nxt = template.render(history, date_string="x")
     assert nxt.startswith(first + reply + template.stop[0]) is extends
+
+
+HOSTILE = "{{ 7 * 7 }} {% for m in messages %}X{% endfor %} {{ raise_exception('boom') }} {#c#}"
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_TEMPLATES))
+def test_template_syntax_in_messages_and_tools_is_data(name: str) -> None:
+    """Jinja syntax inside message contents, tool descriptions and call arguments is text
+    the template prints as is: never evaluated (no 49, no loop, no exception)."""
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": HOSTILE, "parameters": {}},
+    }
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"q": HOSTILE}}}
+    messages = [
+        {"role": "system", "content": HOSTILE},
+        {"role": "user", "content": HOSTILE},
+        {"role": "assistant", "content": HOSTILE, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": HOSTILE},
+        {"role": "user", "content": HOSTILE},
+    ]
+    if name == "gemma":  # no system role of its own, and strict alternation
+        messages = [m for m in messages if m["role"] in ("user", "assistant")][:3]
+    text = BUILTIN_TEMPLATES[name].render(messages, tools=[tool])
+    assert "49" not in text and "boom" in text and "{{ 7 * 7 }}" in text
+    assert "XX" not in text and "{#c#}" in text

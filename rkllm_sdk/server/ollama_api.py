@@ -216,7 +216,7 @@ class _EngineResponse(Response):
 def _error_response(exc: Exception, model: str, context_len: int | None = None) -> Response:
     error = error_for(exc, model, context_len)
     if error is None:  # a load that failed, a runtime error, a bug
-        return JSONResponse({"error": str(exc) or type(exc).__name__}, 500)
+        error = OllamaError(500, str(exc) or type(exc).__name__)
     return error.response()
 
 

@@ -78,6 +78,14 @@ _PARAMETER_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _QUANTIZATION = re.compile(r"w\d+a\d+(?:_g\d+)?", re.IGNORECASE)
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: an error's message may quote what the client sent,
+    lone surrogates (``"\\ud800"`` in its JSON) included, which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 class OllamaError(Exception):
     """A request answered with ``{"error": message}`` and ``status``.
 
@@ -95,7 +103,7 @@ class OllamaError(Exception):
 
     def response(self) -> Response:
         """The error as Ollama sends it."""
-        return JSONResponse({"error": self.message}, self.status, headers=self.headers)
+        return _AsciiJSON({"error": self.message}, self.status, headers=self.headers)
 
 
 def bad_request(message: str) -> OllamaError:

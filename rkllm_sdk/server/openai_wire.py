@@ -68,6 +68,14 @@ _AUDIO_PARTS = {"input_audio", "audio"}
 # ---- errors ------------------------------------------------------------------------------
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: an error's message may quote what the client sent,
+    lone surrogates (``"\\ud800"`` in its JSON) included, which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 class OpenAIError(Exception):
     """An error answered in OpenAI's shape.
 
@@ -105,7 +113,7 @@ class OpenAIError(Exception):
 
     def response(self) -> Response:
         """The JSON error response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return _AsciiJSON(self.body(), status_code=self.status, headers=self.headers)
 
 
 def invalid_request(param: str | None, message: str) -> OpenAIError:

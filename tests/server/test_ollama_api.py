@@ -656,3 +656,28 @@ async def test_other_paths_and_methods_are_404_in_ollamas_shape(
                     assert path in r.json()["error"]
                 tags = await raw.get("/api/tags", headers={"Authorization": f"Bearer {KEY}"})
         assert tags.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_an_error_quoting_a_lone_surrogate_is_well_formed(
+    model_files: dict[str, Path], abi: str
+) -> None:
+    """A model name with a lone surrogate (valid JSON: "\\ud800") is a 404 whose message
+    quotes it, escaped (it was a bare 500 'Internal Server Error': UTF-8 cannot encode it);
+    a prompt with one is a 400."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with serving(model_files, abi) as served:
+        async with httpx.AsyncClient(base_url=served.host, timeout=DEADLINE_S) as raw:
+            with anyio.fail_after(DEADLINE_S):
+                for path in ("/api/chat", "/api/generate", "/api/show", "/api/embed"):
+                    body = b'{"model": "nope\\ud800", "prompt": "a", "input": "a",'
+                    body += b' "messages": [{"role": "user", "content": "Hello"}]}'
+                    r = await raw.post(path, content=body, headers=headers)
+                    assert r.status_code == 404, path
+                    assert r.json() == {
+                        "error": 'model "nope\ud800" not found, try pulling it first'
+                    }
+                body = b'{"model": "%s", "stream": false,' % CHAT.encode()
+                body += b' "messages": [{"role": "user", "content": "Hello \\ud800"}]}'
+                r = await raw.post("/api/chat", content=body, headers=headers)
+        assert r.status_code == 400 and "surrogates" in r.json()["error"]

@@ -862,3 +862,28 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
             assert (info.value.code, info.value.param) == ("context_length_exceeded", "prompt")
             reply = await client.chat.completions.create(model="small", messages=[USER])
         assert reply.choices[0].message.content == "Hi there, friend!"
+
+
+async def test_an_error_quoting_a_lone_surrogate_is_well_formed(models_dir: Path, abi: str) -> None:
+    """A model name with a lone surrogate (valid JSON: "\\ud800") is a 404 model_not_found
+    whose message quotes it, escaped (it was a bare 500 'Internal Server Error': UTF-8
+    cannot encode it), streamed or not, chat, completions and embeddings."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with (
+        serving(models_dir, abi) as (_, _, base),
+        httpx.AsyncClient(base_url=base, timeout=DEADLINE_S) as raw,
+    ):
+        with anyio.fail_after(DEADLINE_S):
+            for path, stream in [
+                ("/chat/completions", b"false"),
+                ("/chat/completions", b"true"),
+                ("/completions", b"false"),
+                ("/embeddings", b"false"),
+            ]:
+                body = b'{"model": "m\\ud800", "prompt": "a", "input": "a", "stream": '
+                body += stream + b', "messages": [{"role": "user", "content": "Hello"}]}'
+                r = await raw.post(path, content=body, headers=headers)
+                assert r.status_code == 404, path
+                error = r.json()["error"]
+                assert error["code"] == "model_not_found"
+                assert "m\ud800" in error["message"]

@@ -222,10 +222,8 @@ class ChatEngine:
             # Runtime 1.2 has no per-run limit: the engine pauses the run there instead.
             limit=req.max_tokens if llm.runtime.abi != "1.3" else None,
             show_reasoning=req.thinking is not False,
-            tools=not raw,
-            tool_names=frozenset(
-                str((t.get("function") or {}).get("name")) for t in (tools or ()) if not raw
-            ),
+            tools=bool(tools),  # no tools shown (tool_choice "none"): a call is just text
+            tool_names=frozenset(str(t["function"]["name"]) for t in tools or ()),
         )
         return _Run(
             plan=plan, options=options, reply=reply, think=think, load_ms=load_ms, notes=notes

@@ -353,6 +353,20 @@ async def test_llama3_bare_json_tool_calls(tmp_path: Path, abi: str) -> None:
         assert done.content == '{"a": 1}' and done.tool_calls == ()
 
 
+async def test_tool_choice_none_never_answers_with_tool_calls(tmp_path: Path, abi: str) -> None:
+    """With tool_choice "none" (no tools shown) a <tool_call> block the model writes anyway
+    (e.g. imitating the history) is plain content: the reply has no tool calls and does not
+    end with "tool_calls"."""
+    model = FakeModel(replies={"kitchen": tool_call_reply("set_light", {"on": True})})
+    async with harness(tmp_path, abi, model) as h:
+        items = await h.chat(user("kitchen light"), tools=(LIGHT_TOOL,), tool_choice="none")
+        done = items[-1]
+        assert isinstance(done, ChatDone)
+        assert done.tool_calls == () and done.finish_reason == "stop"
+        assert all(not d.tool_calls for d in deltas(items))
+        assert "set_light" in done.content == "".join(d.content for d in deltas(items))
+
+
 async def test_tool_choice_none_and_named(tmp_path: Path, abi: str) -> None:
     """tool_choice "none" shows no tools; a named choice shows only that tool; "required"
     adds the instruction."""

@@ -81,7 +81,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .. import metrics
 from ..errors import ERROR_CODES, BusyError, RKLLMError, jsonrpc_code
@@ -104,6 +104,8 @@ __all__ = ["CHAT_TOOL", "GENERATE_TOOL", "McpFace", "tool_definitions"]
 #: The MCP path on the HTTP port.
 MCP_PATH = "/mcp"
 _MCP_SESSION_HEADER = "mcp-session-id"
+#: The scope key of the event set when an ``/mcp`` request's client disconnects.
+_GONE = "rkllm.mcp.client_gone"
 _MODELS_URI, _METRICS_URI, _OPENRPC_URI = "rkllm://models", "rkllm://metrics", "rkllm://openrpc"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -498,7 +500,17 @@ class McpFace:
             )
             await response(scope, receive, send)
             return
-        await self._manager.handle_request(scope, receive, send)
+        # The request's client disconnecting is seen by whoever reads ``receive`` (the SSE
+        # response listens for it); the tool call it carries watches this event.
+        gone = scope[_GONE] = anyio.Event()
+
+        async def receive_watching() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return message
+
+        await self._manager.handle_request(scope, receive_watching, send)
         session_id = headers.get(_MCP_SESSION_HEADER)
         if scope.get("method") == "DELETE" and session_id:
             with contextlib.suppress(SessionError):
@@ -550,9 +562,39 @@ class McpFace:
     async def _call_tool(
         self, ctx: _Context, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        """A tool call; over HTTP, cancelled when its client disconnects.
+
+        A handshake-era client whose POST stream closes mid-call (it crashed, the network
+        dropped) sends no cancellation, and the ``mcp`` package lets the handler run on:
+        a run would hold its handle or model to its end, for nobody (no event store here,
+        so no client can resume the stream). The call is cancelled as MCP cancellation
+        would, which aborts the run.
+        """
         name, arguments = params.name, params.arguments or {}
         if name not in self._schemas:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+        gone = ctx.request.scope.get(_GONE) if isinstance(ctx.request, Request) else None
+        if not isinstance(gone, anyio.Event):
+            return await self._dispatch(ctx, name, arguments)
+        result: types.CallToolResult | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_gone() -> None:
+                await gone.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_when_gone)
+            result = await self._dispatch(ctx, name, arguments)
+            tg.cancel_scope.cancel()
+        if result is None:  # nobody is left to read this
+            if self.log is not None:
+                self.log(f"mcp {name}: the client closed its stream: cancelled")
+            return _error(INTERNAL_ERROR, "the client disconnected", {"function": name})
+        return result
+
+    async def _dispatch(
+        self, ctx: _Context, name: str, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
         if name in ("generate", "chat"):
             return await self._chat_tool(ctx, name, arguments)
         return await self._registry_tool(ctx, name, arguments)

@@ -470,6 +470,67 @@ async def test_http_handles_belong_to_the_session(
     assert live_handles(abi) == baseline
 
 
+_STREAM = {"Accept": "application/json, text/event-stream"}
+
+
+async def _post(http: httpx2.AsyncClient, url: str, message: dict[str, Any]) -> dict[str, Any]:
+    """POST one MCP request; its response (from the JSON body or the SSE stream)."""
+    r = await http.post(url, json=message, headers=_STREAM)
+    assert r.status_code == 200, r.text
+    if r.headers["content-type"].startswith("application/json"):
+        return dict(r.json())
+    for line in r.text.splitlines():
+        if line.startswith("data:") and '"id"' in line:
+            return dict(json.loads(line[5:]))
+    raise AssertionError(r.text)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_http_client_that_closes_its_stream_mid_run_aborts_it(
+    face: McpFace, server: Server, anyio_backend: str
+) -> None:
+    """A handshake-era client that vanishes mid-stream (its POST's SSE stream closed, no
+    notifications/cancelled): rkllm_run and generate are aborted at once, not left holding
+    the handle and the model until their end (nothing can resume a stream: the server keeps
+    no event store); the session goes on serving. (They used to run to their end.)"""
+    async with http_mcp(face, key=None) as url, httpx2.AsyncClient(timeout=DEADLINE_S) as http:
+        hello = {"protocolVersion": "2025-11-25", "capabilities": {}}
+        hello["clientInfo"] = {"name": "test", "version": "1"}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+        r = await http.post(url, json=init, headers=_STREAM)
+        headers = {"mcp-session-id": r.headers["mcp-session-id"]}
+        headers["mcp-protocol-version"] = "2025-11-25"
+        http.headers.update(headers)
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(url, json=note, headers=_STREAM)).status_code == 202
+
+        async def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            params = {"name": name, "arguments": arguments}
+            message = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+            reply = await _post(http, url, message)
+            return dict(reply["result"]["structuredContent"])
+
+        async def vanish(name: str, arguments: dict[str, Any]) -> None:
+            params = {"name": name, "arguments": arguments, "_meta": {"progressToken": "p"}}
+            message = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}
+            async with http.stream("POST", url, json=message, headers=_STREAM) as stream:
+                async for line in stream.aiter_lines():
+                    if "notifications/progress" in line:
+                        break  # streaming: leave without a word
+
+        param = (await call("rkllm_createDefaultParam", {}))["param"]
+        param.update(model_path="slow.json", max_new_tokens=100_000)
+        handle = (await call("rkllm_init", {"param": param}))["handle"]
+        with anyio.fail_after(DEADLINE_S):
+            await vanish("rkllm_run", {"handle": handle, "rkllm_input": PROMPT})
+            await wait_for(lambda: server.sessions.runs == 0)  # else 2000 s of tokens
+            assert await call("rkllm_is_running", {"handle": handle}) == {"is_running": False}
+            await vanish("generate", {"model": "slow", "prompt": "Go", "max_new_tokens": 5000})
+            short = await call("generate", {"model": "slow", "prompt": "Go", "max_new_tokens": 2})
+        assert short["finish_reason"] == "length"
+        assert await call("rkllm_destroy", {"handle": handle}) == {}
+
+
 # -- stdio -------------------------------------------------------------------------------------
 
 

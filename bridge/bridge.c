@@ -116,6 +116,10 @@ API void rkb_channel_close(rkb_channel* ch) {
     pthread_mutex_lock(&ch->mu);
     atomic_store(&ch->closed, 1);
     pthread_cond_broadcast(&ch->not_full);
+    /* A consumer waiting on fd must wake too: the events that would have woken it are
+     * dropped from now on, and the run may make no other (an abort the runtime did not take
+     * leaves it running, e.g. hung, until the consumer repeats the abort). */
+    signal_consumer(ch);
     pthread_mutex_unlock(&ch->mu);
 }
 

@@ -56,7 +56,8 @@ rkb_channel* rkb_channel_new(int n_batch, int array_rows, int release_buffers, s
 void rkb_channel_free(rkb_channel* ch);
 int rkb_channel_fd(const rkb_channel* ch);
 void rkb_channel_pause(rkb_channel* ch);
-/* The consumer is gone: later events are dropped and a blocked producer is released. */
+/* The consumer is gone: later non-terminal events are dropped, a blocked producer is released
+ * and a consumer waiting on fd is woken (signalled as an event would). */
 void rkb_channel_close(rkb_channel* ch);
 /* Makes a channel whose run has ended (rkb_channel_set_done was called) ready for the next
  * run, keeping its buffers: events left undrained are dropped (their arrays freed). */

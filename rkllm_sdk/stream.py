@@ -364,6 +364,10 @@ class TokenStream:
         elif self._state == "running" and self._decoder is not None:
             self._decoder.request_stop("abort")
             self._core.abort_native()
+            if self._channel is not None:
+                # A pump waiting for events wakes and, until the run ends, repeats the abort
+                # (this one is lost if the runtime has not started the run yet).
+                self._channel.wake()
 
     def pause(self) -> None:
         """Ask the runtime to pause after the next token (the callback returns 1).
@@ -412,9 +416,12 @@ class TokenStream:
                 drained = channel.drain()
                 if drained.states:
                     decoder.process(drained)
-                    if decoder.abort_reason in ("abort", "stop") and not drained.run_done:
-                        # Tokens after an abort: it came before the run began; repeat it.
-                        self._core.abort_native()
+                stopping = decoder.abort_reason in ("abort", "stop") and not drained.run_done
+                if stopping:
+                    # An abort that reached the runtime before it had started the run was a
+                    # no-op (rkllm_abort on an idle handle), and the run may make no event
+                    # for long (a long prefill) or ever (a hang): repeat it until the run ends.
+                    self._core.abort_native()
                 # run_done is read under the same lock as the events: once it is set, this
                 # drain holds everything the run produced (a refused run makes no callback).
                 if drained.run_done:
@@ -422,7 +429,11 @@ class TokenStream:
                     return
                 if drained.states:
                     return
-                await self._wait_events(channel)
+                if stopping:
+                    with anyio.move_on_after(ABORT_RETRY_S):
+                        await self._wait_events(channel)
+                else:
+                    await self._wait_events(channel)
 
     async def _wait_events(self, channel: native.Channel) -> None:
         # Under the pump lock: the only task waiting on the channel's fd.

@@ -50,10 +50,11 @@ int faults_parse(fake_faults* f, const char* text, char* err, size_t errcap) {
         else if (strcmp(item, "hang_after") == 0 && have && x >= 0) f->hang_after = x;
         else if (strcmp(item, "crash_after") == 0 && have && x >= 0) f->crash_after = x;
         else if (strcmp(item, "slow_prefill_ms") == 0 && have && x >= 0) f->slow_prefill_ms = (double)x;
+        else if (strcmp(item, "start_delay_ms") == 0 && have && x >= 0) f->start_delay_ms = (double)x;
         else {
             snprintf(err, errcap,
                      "unknown or incomplete fault '%s' (known: init_fail[=CODE], run_fail[=CODE], "
-                     "error_after=N, hang_after=N, crash_after=N, slow_prefill_ms=MS)",
+                     "error_after=N, hang_after=N, crash_after=N, slow_prefill_ms=MS, start_delay_ms=MS)",
                      item);
             return -1;
         }

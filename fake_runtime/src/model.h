@@ -11,6 +11,7 @@ typedef struct {
     long hang_after;      /* >= 0: stop producing after this many tokens until aborted */
     long crash_after;     /* >= 0: abort() the process after this many tokens */
     double slow_prefill_ms; /* extra prefill time per run */
+    double start_delay_ms;  /* time rkllm_run / rkllm_run_async take before the run counts as running */
 } fake_faults;
 
 typedef struct {

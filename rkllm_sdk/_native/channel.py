@@ -6,6 +6,7 @@ this package hands to the runtime (:func:`userdata_for`).
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -200,6 +201,11 @@ class Channel:
     def ack(self) -> None:
         """Reset the fd after a wakeup."""
         self._bridge.rkb_channel_ack(self._ptr)
+
+    def wake(self) -> None:
+        """Wake a consumer waiting on :attr:`fd` now, as an event would (it then drains
+        nothing and decides again; the fd is an eventfd, re-armed by :meth:`ack`)."""
+        os.eventfd_write(self.fd, 1)
 
     def pause(self) -> None:
         """Make the next result callback return 1 (pause)."""

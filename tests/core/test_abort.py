@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
 import rkllm_sdk as rk
+from rkllm_sdk import _native as native
 from rkllm_sdk.llm import handle_core
 from rkllm_sdk.stream import open_stream
 
@@ -86,6 +89,78 @@ async def test_result_of_a_stream_closed_by_the_handle_raises_closed_error(load:
             error: BaseException | None = exc
         else:
             error = None
+    assert isinstance(error, rk.ClosedError)
+
+
+async def _watchdog(handle: native.NativeHandle, done: anyio.Event, fired: list[bool]) -> None:
+    # A test of a hang fails instead of hanging: if `done` is not set within 10 s, end the
+    # run with the runtime's own abort (and say so in `fired`).
+    with anyio.move_on_after(10):
+        await done.wait()
+        return
+    fired.append(True)
+    with contextlib.suppress(rk.RKLLMError):
+        native.abort(handle)
+
+
+async def test_abort_before_the_runtime_started_the_run_is_repeated_until_it_ends(
+    load: LoadLLM,
+) -> None:
+    """llm.abort() while rkllm_run has not yet made its run running is a no-op in the runtime
+    (an idle handle). A run that then makes no event (here hang_after=0: no token ever; on a
+    board, a long prefill) would go on, with the stream's consumer waiting for events: the
+    abort wakes it, and it repeats the abort until the run ends. generate() returns "abort".
+
+    The fake's start_delay_ms fault holds the run back from running long enough for the abort
+    to land in that window every time."""
+    llm = await load(faults="hang_after=0,start_delay_ms=500")
+    handle = handle_core(llm).native_handle
+    done, fired = anyio.Event(), list[bool]()
+
+    async def abort_soon() -> None:
+        await wait_all_tasks_blocked()
+        assert not native.is_running(handle)  # the first abort reaches an idle runtime
+        llm.abort()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watchdog, handle, done, fired)
+        tg.start_soon(abort_soon)
+        gen = await llm.generate("x")
+        done.set()
+    assert not fired, "the abort was never repeated: the run was only ended by the watchdog"
+    assert gen.finish_reason == "abort" and not gen.token_ids
+
+
+async def test_closing_the_handle_before_the_runtime_started_the_run_does_not_hang(
+    load: LoadLLM,
+) -> None:
+    """aclose() while rkllm_run has not yet made its run running: the close's first abort
+    is a no-op in the runtime (an idle handle), and from then on the closed channel drops
+    every event, so nothing would wake the stream's consumer, which holds the lock the close
+    waits for before it repeats the abort. Closing the channel wakes that consumer: the
+    close repeats the abort once the run is going, and returns.
+
+    start_delay_ms holds the run back from running (as above); hang_after=2 keeps it going
+    until it is aborted."""
+    llm = await load(faults="hang_after=2,start_delay_ms=500")
+    handle = handle_core(llm).native_handle
+    done, fired = anyio.Event(), list[bool]()
+
+    async def close_soon() -> None:
+        await wait_all_tasks_blocked()
+        assert not native.is_running(handle)  # the close's abort reaches an idle runtime
+        await llm.aclose()
+        done.set()
+
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watchdog, handle, done, fired)
+        tg.start_soon(close_soon)
+        try:
+            await llm.generate("x")
+        except rk.ClosedError as exc:
+            error = exc
+    assert not fired, "the close never returned: the run was only ended by the watchdog"
     assert isinstance(error, rk.ClosedError)
 
 

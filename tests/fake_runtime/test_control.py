@@ -217,6 +217,27 @@ def test_slow_prefill_fault(drv: Driver, model: ModelFactory) -> None:
     assert perf["prefill_time_ms"] >= 59
 
 
+def test_start_delay_fault_holds_the_run_back_so_an_early_abort_is_lost(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """start_delay_ms=MS: rkllm_run takes MS before its run counts as running; an rkllm_abort
+    meanwhile finds the handle idle and does nothing (the SDK must repeat it); one after the
+    run has started ends it."""
+    h = drv.init(model(faults="hang_after=1,start_delay_ms=300"))
+    runs: list[object] = []
+    t = threading.Thread(target=lambda: runs.append(h.run("x")))
+    t.start()
+    time.sleep(0.05)
+    assert not h.is_running()
+    assert drv.lib.rkllm_abort(h.ptr) == 0  # lost: the run has not started
+    wait_tokens(h, 1)
+    assert h.is_running()
+    assert drv.lib.rkllm_abort(h.ptr) == 0
+    t.join(5)
+    assert not t.is_alive()
+    assert [e.state for e in h.rec.events][-1] == FINISH
+
+
 def test_env_faults_override_the_model_file(
     drv: Driver, model: ModelFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

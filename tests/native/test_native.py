@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import select
 from pathlib import Path
 
 import numpy as np
@@ -555,3 +556,20 @@ def test_read_results_copies_inside_a_python_callback(rt: Runtime, model: ModelF
     assert first.logits is not None
     np.testing.assert_array_equal(first.logits, logits_formula(0, 3, 4096))
     assert seen[-1][0] == models.CallState.FINISH and seen[-1][1][0].perf is not None
+
+
+def test_closing_a_channel_wakes_a_consumer_waiting_on_its_fd(rt: Runtime) -> None:
+    """rkb_channel_close signals the fd of a consumer that drained nothing and now waits:
+    the events that would have woken it are dropped from then on, and the run may make none
+    (a hung run the first abort missed), so without the signal the consumer (and the task
+    closing the stream, which waits for it) would wait forever."""
+    channel = native.Channel(rt, 1)
+    try:
+        assert not channel.drain().states  # empty: the consumer now waits on fd
+        assert select.select([channel.fd], [], [], 0)[0] == []
+        channel.close()
+        assert select.select([channel.fd], [], [], 5)[0] == [channel.fd]
+        channel.ack()
+        assert select.select([channel.fd], [], [], 0)[0] == []
+    finally:
+        channel.free()

@@ -23,7 +23,8 @@ Tools:
 - ``generate`` and ``chat``: a named model of the catalog, through the
   :class:`~.chat_engine.ChatEngine` the OpenAI and Ollama faces use.
 - one tool per registry method (``rkllm_init``, ``rkllm_run``, ..., ``stats``), named as the
-  method, whose ``inputSchema`` is the method's params schema; the call goes through
+  method but for a dot (``rpc_discover``: :func:`tool_name`), whose ``inputSchema`` is the
+  method's params schema; the call goes through
   :meth:`.jsonrpc.Server.handle_message`, so validation, error codes and data, metrics and
   the request log are the proxy's own.
 
@@ -57,6 +58,7 @@ import contextvars
 import datetime as dt
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -99,7 +101,7 @@ if TYPE_CHECKING:
     from .chat_types import ChatDone, ChatRequest
     from .http import HttpFace
 
-__all__ = ["CHAT_TOOL", "GENERATE_TOOL", "McpFace", "tool_definitions"]
+__all__ = ["CHAT_TOOL", "GENERATE_TOOL", "McpFace", "tool_definitions", "tool_name"]
 
 #: The MCP path on the HTTP port.
 MCP_PATH = "/mcp"
@@ -231,14 +233,38 @@ CHAT_TOOL = types.Tool(
 )
 
 
+#: The ``_meta`` key naming the registry method a tool serves.
+METHOD_META = "rkllm/method"
+
+
+def tool_name(method: str) -> str:
+    """The tool of registry method ``method``: its name, with any character outside
+    ``[A-Za-z0-9_-]`` as ``_`` (``rpc.discover`` is ``rpc_discover``).
+
+    MCP allows dots in tool names (SEP-986), but strict clients do not (Windsurf refuses
+    the tool, GitHub Copilot CLI fails every prompt), nor do the model APIs they pass tools
+    on to (OpenAI and Anthropic: ``^[a-zA-Z0-9_-]{1,64}$``).
+    """
+    return re.sub(r"[^A-Za-z0-9_-]", "_", method)
+
+
 def tool_definitions(server: Server, *, chat: bool = True) -> list[types.Tool]:
     """The tools: ``generate`` and ``chat`` (when ``chat``), then one per registry method
-    whose input schema is the method's params schema, unchanged."""
+    whose input schema is the method's params schema, unchanged; a tool whose name is not
+    its method's (:func:`tool_name`) says which in its description, and every one in its
+    ``_meta`` (``rkllm/method``)."""
     tools = [GENERATE_TOOL, CHAT_TOOL] if chat else []
-    tools += [
-        types.Tool(name=m.name, description=m.summary, input_schema=m.params)
-        for m in server.registry.methods.values()
-    ]
+    for m in server.registry.methods.values():
+        name = tool_name(m.name)
+        note = "" if name == m.name else f" (the proxy's JSON-RPC method {m.name})"
+        tools.append(
+            types.Tool(
+                name=name,
+                description=m.summary + note,
+                input_schema=m.params,
+                _meta={METHOD_META: m.name},
+            )
+        )
     return tools
 
 
@@ -420,6 +446,7 @@ class McpFace:
         self._manager: StreamableHTTPSessionManager | None = None
         self.tools = tool_definitions(server, chat=engine is not None)
         self._schemas = {t.name: t.input_schema for t in self.tools}
+        self._methods = {tool_name(m): m for m in server.registry.methods}
         #: The MCP server (the ``mcp`` package's low-level one).
         self.mcp: LowLevelServer[_State] = LowLevelServer(
             "rkllm",
@@ -597,12 +624,12 @@ class McpFace:
     ) -> types.CallToolResult:
         if name in ("generate", "chat"):
             return await self._chat_tool(ctx, name, arguments)
-        return await self._registry_tool(ctx, name, arguments)
+        return await self._registry_tool(ctx, self._methods[name], arguments)
 
     async def _registry_tool(
         self, ctx: _Context, name: str, arguments: dict[str, Any]
     ) -> types.CallToolResult:
-        """A registry method, dispatched as the proxy does; its ``rkllm_result``
+        """Registry method ``name``, dispatched as the proxy does; its ``rkllm_result``
         notifications become progress notifications."""
         outbox = Outbox(self.server.config.outbox_size, coalesce=True)
         request_id = ctx.request_id if ctx.request_id is not None else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,13 @@ from rkllm_sdk.server import Server
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
-from rkllm_sdk.server.mcp_server import CHAT_SCHEMA, GENERATE_SCHEMA, McpFace, _StdinLines
+from rkllm_sdk.server.mcp_server import (
+    CHAT_SCHEMA,
+    GENERATE_SCHEMA,
+    McpFace,
+    _StdinLines,
+    tool_name,
+)
 from rkllm_sdk.server.model_specs import scan_models_dir
 from rkllm_sdk.server.registry import REGISTRY
 
@@ -121,7 +128,7 @@ async def exercise(client: Client) -> None:
     cancel a run mid-generation (the handle is then idle, and destroyed), and answer a bad
     argument with an error result, then keep serving."""
     names = {t.name for t in (await client.list_tools()).tools}
-    assert {"generate", "chat", *REGISTRY.methods} == names
+    assert {"generate", "chat", *map(tool_name, REGISTRY.methods)} == names
     progress = Progress()
     result = await client.call_tool(
         "generate", {"model": "m", "prompt": "Hello"}, progress_callback=progress
@@ -171,12 +178,30 @@ async def test_every_registry_method_is_a_tool_with_the_same_schema(
     with anyio.fail_after(DEADLINE_S):
         async with Client(face.mcp, mode=era) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"generate", "chat", *REGISTRY.methods}
+    assert set(tools) == {"generate", "chat", *map(tool_name, REGISTRY.methods)}
     for name, method in REGISTRY.methods.items():
-        assert tools[name].input_schema == method.params, name
-        assert tools[name].description == method.summary
+        tool = tools[tool_name(name)]
+        assert tool.input_schema == method.params, name
+        assert tool.description is not None and tool.description.startswith(method.summary)
+        assert tool.meta == {"rkllm/method": name}
     assert tools["generate"].input_schema == GENERATE_SCHEMA
     assert tools["chat"].input_schema == CHAT_SCHEMA
+
+
+async def test_tool_names_suit_every_client(face: McpFace, era: str) -> None:
+    """Every tool name fits ``^[A-Za-z0-9_-]{1,64}$``, what strict clients and the model
+    APIs they forward tools to accept (MCP itself allows dots, but Windsurf refuses such a
+    tool and Copilot CLI fails every prompt): the proxy's ``rpc.discover`` is the tool
+    ``rpc_discover``, its description and ``_meta`` naming the method, and it answers."""
+    with anyio.fail_after(DEADLINE_S):
+        async with Client(face.mcp, mode=era) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            doc = structured(await client.call_tool("rpc_discover", {}))
+    for name in tools:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name), name
+    assert tool_name("rpc.discover") == "rpc_discover" and "rpc.discover" not in tools
+    assert "rpc.discover" in (tools["rpc_discover"].description or "")
+    assert doc == REGISTRY.openrpc(__version__)
 
 
 async def test_generate_streams_chunks_before_the_result_in_order(face: McpFace, era: str) -> None:

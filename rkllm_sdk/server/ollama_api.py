@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -342,10 +342,13 @@ class _OllamaFace:
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise too_large
         raw = bytearray()
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > MAX_BODY_BYTES:
-                raise too_large
+        try:
+            async for piece in request.stream():
+                raw += piece
+                if len(raw) > MAX_BODY_BYTES:
+                    raise too_large
+        except ClientDisconnect:  # gone before its body was whole: nobody reads the answer
+            raise OllamaError(499, "the client closed the request") from None
         if not raw.strip():
             return {}
         try:

@@ -40,7 +40,7 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -391,10 +391,13 @@ async def _json_body(request: Request) -> Mapping[str, Any]:
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise OpenAIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise OpenAIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise OpenAIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:  # gone before its body was whole: nobody reads the answer
+        raise OpenAIError(499, "the client closed the request") from None
     try:
         decoded = json.loads(body)
     except (ValueError, RecursionError):

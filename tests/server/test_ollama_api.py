@@ -259,15 +259,22 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    model_files: dict[str, Path], abi: str, *, max_queue: int = 8, models: Sequence[str] = ()
+    model_files: dict[str, Path],
+    abi: str,
+    *,
+    max_queue: int = 8,
+    models: Sequence[str] = (),
+    log: list[str] | None = None,
 ) -> AsyncIterator[Served]:
     """The Ollama face over an engine on the fake runtime, behind KEY, served by uvicorn on
-    127.0.0.1; ``models`` adds ``--model`` options (``NAME=PATH,OPT=V``)."""
+    127.0.0.1; ``models`` adds ``--model`` options (``NAME=PATH,OPT=V``); the face's log
+    lines go to ``log``."""
     specs = [ModelSpec(name=name, path=path) for name, path in model_files.items()]
     specs += map(parse_model_option, models)
     catalog = ModelCatalog(specs, runtime="fake", abi=abi, max_loaded=1, max_queue=max_queue)
     face = HttpFace(Server(ServerConfig(runtime="fake", abi=abi)), HttpConfig(api_key=KEY))
-    face.add(ollama_routes(ChatEngine(catalog), face.authorized))
+    log_line = None if log is None else log.append
+    face.add(ollama_routes(ChatEngine(catalog), face.authorized, log=log_line))
     sock = bind("127.0.0.1", 0)
     ready = anyio.Event()
 
@@ -681,3 +688,28 @@ async def test_an_error_quoting_a_lone_surrogate_is_well_formed(
                 body += b' "messages": [{"role": "user", "content": "Hello \\ud800"}]}'
                 r = await raw.post("/api/chat", content=body, headers=headers)
         assert r.status_code == 400 and "surrogates" in r.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_before_its_body_is_whole_is_a_quiet_499(
+    model_files: dict[str, Path], abi: str
+) -> None:
+    """A client that hangs up halfway through its request body is logged as 499 (it was a
+    500 for a ClientDisconnect); the server answers the next request."""
+    log: list[str] = []
+    async with serving(model_files, abi, log=log) as served:
+        host, port = httpx.URL(served.host).host, httpx.URL(served.host).port or 80
+        with anyio.fail_after(DEADLINE_S):
+            for path in ("/api/chat", "/api/generate", "/api/embed"):
+                head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+                head += "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                async with await anyio.connect_tcp(host, port) as sock:
+                    await sock.send(head.encode() + b'{"model": "m", "m')
+                    await anyio.sleep(0.1)
+                expected = f"ollama POST {path} 499: the client closed the request"
+                while expected not in log:  # noqa: ASYNC110  # a log, no event
+                    await anyio.sleep(0.02)
+            reply = await served.client().chat(
+                model=CHAT, messages=[{"role": "user", "content": "Hello"}]
+            )
+        assert reply.message.content == "Hi there, friend!"

@@ -887,3 +887,30 @@ async def test_an_error_quoting_a_lone_surrogate_is_well_formed(models_dir: Path
                 error = r.json()["error"]
                 assert error["code"] == "model_not_found"
                 assert "m\ud800" in error["message"]
+
+
+async def send_half_a_body(url: str, path: str) -> None:
+    """POST to ``path`` declaring 1000 bytes of body, send 18 of them, then hang up."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port or 80
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    async with await anyio.connect_tcp(host, port) as sock:
+        await sock.send(head.encode() + b'{"model": "m", "m')
+        await anyio.sleep(0.1)
+
+
+async def test_a_client_gone_before_its_body_is_whole_is_a_quiet_499(
+    models_dir: Path, abi: str
+) -> None:
+    """A client that hangs up halfway through its request body is logged as 499 (it was an
+    unhandled ClientDisconnect: "Exception in ASGI application" and a traceback for chat,
+    a 500 for embeddings); the server answers the next request."""
+    log: list[str] = []
+    async with serving(models_dir, abi, log=log) as (client, _, base):
+        with anyio.fail_after(DEADLINE_S):
+            for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+                await send_half_a_body(base, path)
+                while f"openai POST {path} 499" not in log:  # noqa: ASYNC110  # a log
+                    await anyio.sleep(0.02)
+            reply = await client.chat.completions.create(model="m", messages=[USER])
+        assert reply.choices[0].message.content == "Hi there, friend!"

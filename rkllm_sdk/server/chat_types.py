@@ -9,6 +9,7 @@ says which tools the template shows; a request the engine cannot honour is a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -164,22 +165,33 @@ def sampling_values(req: ChatRequest) -> dict[str, Any]:
 def check_request(req: ChatRequest) -> list[Mapping[str, Any]] | None:
     """Static checks (before queueing); the tools the template shows (None: none)."""
     sampling_values(req)
-    if req.seed is not None and not isinstance(req.seed, int):
+    if req.seed is not None and not _is_int(req.seed):
         raise RequestError("seed", "seed must be an integer")
-    if req.max_tokens is not None and (not isinstance(req.max_tokens, int) or req.max_tokens < 1):
+    if req.max_tokens is not None and (not _is_int(req.max_tokens) or req.max_tokens < 1):
         raise RequestError("max_tokens", "max_tokens must be a positive integer")
+    keep_alive = req.keep_alive_s
+    if keep_alive is not None and (
+        not isinstance(keep_alive, int | float)
+        or isinstance(keep_alive, bool)
+        or math.isnan(keep_alive)
+    ):
+        raise RequestError("keep_alive", "keep_alive must be a number of seconds")
     for s in req.stop:
         if not isinstance(s, str):
             raise RequestError("stop", "stop must be a string or a list of strings")
     if req.raw_prompt is not None:
-        if not req.raw_prompt:
-            raise RequestError("prompt", "the prompt is empty")
+        if not isinstance(req.raw_prompt, str) or not req.raw_prompt:
+            raise RequestError("prompt", "the prompt must be a non-empty string")
         return None
     if not req.messages:
         raise RequestError("messages", "messages must not be empty")
     _check_messages(req.messages)
     _check_tools(req.tools)
     return _shown_tools(req)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_tools(tools: Sequence[Mapping[str, Any]]) -> None:

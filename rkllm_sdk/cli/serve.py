@@ -197,16 +197,45 @@ async def _serve(
             auth = "API key required" if key else "no authentication"
             _log(f"listening on http {host}:{sock.getsockname()[1]} ({', '.join(paths)}; {auth})")
             http.append((face, sock))
+    listeners = await _listeners(args)  # before any task group: a UsageError stays one
     async with contextlib.AsyncExitStack() as stack:
         if faces is not None:  # the keep-alive reaper; unloads every model on the way out
             await stack.enter_async_context(faces.catalog.lifespan())
-        await _serve_all(server, args, http, faces)
+        await _serve_all(server, args, http, listeners, faces)
+
+
+async def _listeners(args: argparse.Namespace) -> list[anyio.abc.Listener[Any]]:
+    """Listen on every ``--tcp`` and ``--unix`` address.
+
+    Raises:
+        UsageError: one that cannot be bound (in use, a missing directory, ...).
+    """
+    listeners: list[anyio.abc.Listener[Any]] = []
+    for spec in args.tcp or ():
+        host, port = parse_hostport(spec)
+        try:
+            listener = await open_tcp(host, port)
+        except OSError as exc:
+            raise UsageError(f"--tcp {spec}: {exc.strerror or exc}") from None
+        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+        _log(f"listening on tcp {host}:{bound}")
+        if host not in _LOOPBACK:
+            _log(f"warning: {host} is not loopback and this proxy has no authentication")
+        listeners.append(listener)
+    for path in args.unix or ():
+        try:
+            listeners.append(await open_unix(path))
+        except OSError as exc:
+            raise UsageError(f"--unix {path}: {exc.strerror or exc}") from None
+        _log(f"listening on unix {path}")
+    return listeners
 
 
 async def _serve_all(
     server: Server,
     args: argparse.Namespace,
     http: list[tuple[Any, socket.socket]],
+    listeners: list[anyio.abc.Listener[Any]],
     faces: _Faces | None,
 ) -> None:
     async with anyio.create_task_group() as tg:
@@ -214,17 +243,7 @@ async def _serve_all(
             from ..server.http import serve_http  # noqa: PLC0415
 
             tg.start_soon(serve_http, http[0][0], [sock for _, sock in http])
-        for spec in args.tcp or ():
-            host, port = parse_hostport(spec)
-            listener = await open_tcp(host, port)
-            bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-            _log(f"listening on tcp {host}:{bound}")
-            if host not in _LOOPBACK:
-                _log(f"warning: {host} is not loopback and this proxy has no authentication")
-            tg.start_soon(serve_listener, server, listener)
-        for path in args.unix or ():
-            listener = await open_unix(path)
-            _log(f"listening on unix {path}")
+        for listener in listeners:
             tg.start_soon(serve_listener, server, listener)
         if args.stdio or args.mcp_stdio:
 

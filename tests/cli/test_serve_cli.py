@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +275,19 @@ def test_a_stdio_client_that_vanishes_mid_stream_does_not_crash_the_server(
             if proc.poll() is None:  # a failed assertion: do not wait forever
                 proc.kill()
     assert proc.returncode == 0, err
+
+
+def test_a_tcp_or_unix_address_that_cannot_be_bound_exits_2(tmp_path: Path) -> None:
+    """A --tcp port in use or a --unix path in a missing directory: one line naming the
+    option and why, exit 2 (it was a traceback and exit 1)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        spec = f"127.0.0.1:{taken.getsockname()[1]}"
+        err = usage_error("--tcp", spec, "--runtime", "fake")
+    assert f"rkllm serve: error: --tcp {spec}: " in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"rkllm serve: error: --tcp {spec}: "), err
+    path = tmp_path / "missing" / "rkllm.sock"
+    err = usage_error("--unix", str(path), "--runtime", "fake")
+    assert f"rkllm serve: error: --unix {path}: No such file or directory" in err
+    assert "Traceback" not in err

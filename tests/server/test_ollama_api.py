@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import ollama
+import openai
 import pytest
 
 from rkllm_sdk.server import Server, ServerConfig
@@ -33,6 +34,7 @@ from rkllm_sdk.server.ollama_wire import (
     normalise_messages,
     parse_keep_alive,
 )
+from rkllm_sdk.server.openai_api import openai_routes
 from rkllm_sdk.testing import FakeModel, Faults, tool_call_reply
 
 from .conftest import DEADLINE_S
@@ -265,16 +267,21 @@ async def serving(
     max_queue: int = 8,
     models: Sequence[str] = (),
     log: list[str] | None = None,
+    with_openai: bool = False,
 ) -> AsyncIterator[Served]:
     """The Ollama face over an engine on the fake runtime, behind KEY, served by uvicorn on
     127.0.0.1; ``models`` adds ``--model`` options (``NAME=PATH,OPT=V``); the face's log
-    lines go to ``log``."""
+    lines go to ``log``; ``with_openai`` mounts the OpenAI face on the same engine too, as
+    ``rkllm serve`` does."""
     specs = [ModelSpec(name=name, path=path) for name, path in model_files.items()]
     specs += map(parse_model_option, models)
     catalog = ModelCatalog(specs, runtime="fake", abi=abi, max_loaded=1, max_queue=max_queue)
     face = HttpFace(Server(ServerConfig(runtime="fake", abi=abi)), HttpConfig(api_key=KEY))
     log_line = None if log is None else log.append
-    face.add(ollama_routes(ChatEngine(catalog), face.authorized, log=log_line))
+    engine = ChatEngine(catalog)
+    face.add(ollama_routes(engine, face.authorized, log=log_line))
+    if with_openai:
+        face.add(openai_routes(engine, face.authorized))
     sock = bind("127.0.0.1", 0)
     ready = anyio.Event()
 
@@ -713,3 +720,58 @@ async def test_a_client_gone_before_its_body_is_whole_is_a_quiet_499(
                 model=CHAT, messages=[{"role": "user", "content": "Hello"}]
             )
         assert reply.message.content == "Hi there, friend!"
+
+
+@pytest.mark.anyio
+async def test_both_faces_queue_on_one_model_in_order_nothing_mixed(
+    model_files: dict[str, Path], abi: str, tmp_path: Path
+) -> None:
+    """Streamed requests from the Ollama and the OpenAI clients for one model, alternating,
+    run one at a time in arrival order (each starts once the one before is queued), and
+    each gets exactly its own reply, nothing of another's."""
+    replies = {f"topic{i}": f"Answer {i}: " + f"word{i} " * 12 for i in range(6)}
+    topics = FakeModel(replies=replies, decode_ms=3).write(tmp_path / "topics.json")
+    started: list[int] = []
+
+    async def ask_ollama(c: ollama.AsyncClient, i: int) -> str:
+        text = ""
+        ask = [{"role": "user", "content": f"topic{i}"}]
+        stream = await c.chat(model="topics", messages=ask, stream=True)
+        async for part in stream:
+            if not text:
+                started.append(i)
+            text += part.message.content or ""
+        return text
+
+    async def ask_openai(c: openai.AsyncOpenAI, i: int) -> str:
+        text = ""
+        stream = await c.chat.completions.create(
+            model="topics", messages=[{"role": "user", "content": f"topic{i}"}], stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                if not text:
+                    started.append(i)
+                text += chunk.choices[0].delta.content
+        return text
+
+    answers: dict[int, str] = {}
+
+    async def run(i: int, ask: Any) -> None:
+        answers[i] = await ask(i)
+
+    async with serving(model_files, abi, models=[f"topics={topics}"], with_openai=True) as served:
+        c = served.client()
+        oa = openai.AsyncOpenAI(
+            base_url=f"{served.host}/v1", api_key=KEY, max_retries=0, timeout=DEADLINE_S
+        )
+        counters = served.catalog.counters("topics:latest")
+        async with oa, anyio.create_task_group() as tg:
+            with anyio.fail_after(DEADLINE_S):
+                for i in range(6):
+                    ask = partial(ask_ollama, c) if i % 2 else partial(ask_openai, oa)
+                    tg.start_soon(run, i, ask)
+                    while counters.queued + counters.requests <= i:  # noqa: ASYNC110  # arrived
+                        await anyio.sleep(0.005)
+    assert started == list(range(6))
+    assert answers == {i: replies[f"topic{i}"] for i in range(6)}

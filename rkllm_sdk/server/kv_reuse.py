@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_SUBDIR",
     "HOME_ASSISTANT_TIME",
+    "UNSURE_PROMPT_CACHE",
     "KVRecord",
     "ReusePlan",
     "Volatile",
@@ -55,6 +56,10 @@ HOME_ASSISTANT_TIME = (
     r"(?m)^Current time is \d{1,2}:\d{2}(?::\d{2})?(?: ?[AP]M)?\. "
     r"Today's date is \d{4}-\d{2}-\d{2}\.(?:\n|\Z)"
 )
+
+#: ``KVRecord.prompt_cache`` after a load was cancelled: loaded or not, released before the
+#: next fresh run (it is no file the engine measured).
+UNSURE_PROMPT_CACHE = Path("<a prompt cache, maybe loaded>")
 
 #: The engine's prompt caches: this directory inside the catalog's ``cache_dir`` holds
 #: nothing else (the bound deletes its least recently used files).
@@ -180,6 +185,9 @@ async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
             with suppress(OSError):
                 plan.load.unlink()
             return
+        except BaseException:  # cancelled: the runtime's call may have finished
+            state.prompt_cache = UNSURE_PROMPT_CACHE
+            raise
         state.prompt_cache = plan.load
     if plan.load is not None:
         with suppress(OSError):

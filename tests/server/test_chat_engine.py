@@ -522,6 +522,34 @@ async def test_prompt_caches_of_failed_runs_stay_within_the_bound(tmp_path: Path
         assert len(list((tmp_path / "cache" / CACHE_SUBDIR).iterdir())) == 1
 
 
+async def test_a_request_cancelled_while_its_prompt_cache_loads(tmp_path: Path, abi: str) -> None:
+    """A request cancelled while its prompt cache loads (the runtime's call finishes in its
+    thread, the cancellation lands after) leaves the engine knowing the file is loaded:
+    later conversations still continue their cache."""
+    async with harness(tmp_path, abi, FakeModel()) as h:
+        await h.done(SYSTEM, user("Turn on the lights"))  # saves the prompt cache
+        await h.done(SHORT_SYSTEM, user("Hi"))  # the prompt cache is released
+        async with h.loaded() as loaded:
+            llm = loaded.llm
+            load = llm.load_prompt_cache
+
+            async def load_then_cancelled(path: Any) -> None:
+                await load(path)
+                await anyio.sleep(DEADLINE_S)  # the request is cancelled here
+
+            llm.load_prompt_cache = load_then_cancelled  # type: ignore[method-assign]
+        with anyio.move_on_after(0.3):
+            await h.done(SYSTEM, user("What is the weather like?"))
+        del llm.load_prompt_cache
+        first = [SHORT_SYSTEM, user("Hello there")]
+        done1 = await h.done(*first)
+        second = [*first, assistant(done1), user("Tell me more")]
+        done2 = await h.done(*second)
+        state, cache, _ = await h.record()
+        assert done2.cached_tokens > 0
+        assert cache == state.text == await h.render(*second) + done2.content
+
+
 async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> None:
     """A prompt-cache file the runtime cannot load is deleted and the run prefills in full."""
     async with harness(tmp_path, abi, FakeModel()) as h:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..server.mcp_server import McpFace
     from ..server.model_specs import ModelSpec
 
-__all__ = ["api_key", "check_binds", "cmd_serve", "model_specs", "parse_hostport"]
+__all__ = ["api_key", "check_binds", "check_models", "cmd_serve", "model_specs", "parse_hostport"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -124,6 +124,31 @@ def model_specs(args: argparse.Namespace, models_dir: Path | None) -> list[Model
     if args.chat_template is not None:
         specs = [s if s.template else attrs.evolve(s, template=args.chat_template) for s in specs]
     return specs
+
+
+def check_models(args: argparse.Namespace, specs: list[ModelSpec]) -> None:
+    """Refuse, before serving, a ``--model`` whose file is not there and a chat template
+    that is neither built in nor a file (the first request would fail on it, less clearly).
+
+    Raises:
+        UsageError: naming the option.
+    """
+    from ..server.model_specs import with_tag  # noqa: PLC0415
+    from ..server.templates import TemplateError, load_template  # noqa: PLC0415
+
+    options = {with_tag(text.partition("=")[0].strip()): text for text in args.model or ()}
+    for spec in specs:
+        option = options.get(spec.name)
+        if option is not None and not spec.path.is_file():
+            raise UsageError(f"--model {option}: no model file there")
+        if spec.template is None:
+            continue
+        try:
+            load_template(spec.template, spec.path)
+        except TemplateError as exc:
+            own = option is not None and f"template={spec.template}" in option
+            where = f"--model {option}" if own else f"--chat-template {args.chat_template}"
+            raise UsageError(f"{where}: {exc}") from None
 
 
 @attrs.frozen
@@ -309,6 +334,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # directory; never from the current directory by default.
     chat_faces = bool(args.http or args.mcp_stdio)
     specs = model_specs(args, models_dir if chat_faces else None)
+    if chat_faces:
+        check_models(args, specs)
     if args.model and not chat_faces:
         _log("warning: --model names models for --http and --mcp-stdio only")
     _log(f"models dir {config.models_dir.resolve()}, cache dir {config.prompt_cache_dir.resolve()}")

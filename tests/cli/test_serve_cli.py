@@ -291,3 +291,27 @@ def test_a_tcp_or_unix_address_that_cannot_be_bound_exits_2(tmp_path: Path) -> N
     err = usage_error("--unix", str(path), "--runtime", "fake")
     assert f"rkllm serve: error: --unix {path}: No such file or directory" in err
     assert "Traceback" not in err
+
+
+def test_a_named_model_that_cannot_load_is_refused_at_start(tmp_path: Path) -> None:
+    """A --model file that does not exist, or a chat template that is neither built in nor
+    a file (--chat-template, or a model's template=), stops the command at start (exit 2),
+    naming the option: not a generic load failure on the first request."""
+    model = FakeModel().write(tmp_path / "m.json")
+    missing = tmp_path / "nope.rkllm"
+    err = usage_error("--mcp-stdio", "--runtime", "fake", "--model", f"a={missing}")
+    assert f"rkllm serve: error: --model a={missing}: no model file there" in err
+    err = usage_error("--mcp-stdio", "--runtime", "fake", "--model", f"a={tmp_path}")
+    assert "no model file there" in err
+    err = usage_error(
+        "--mcp-stdio", "--runtime", "fake", "--model", f"a={model}", "--chat-template", "nosuch"
+    )
+    assert "rkllm serve: error: --chat-template nosuch: unknown chat template 'nosuch'" in err
+    err = usage_error("--mcp-stdio", "--runtime", "fake", "--model", f"a={model},template=x.j2")
+    assert f"rkllm serve: error: --model a={model},template=x.j2: unknown chat template" in err
+    done = rkllm("serve", "--mcp-stdio", "--runtime", "fake", "--model", f"a={model}", stdin="")
+    assert done.returncode == 0, done.stderr  # an existing file with its guessed template
+    done = rkllm(
+        "serve", "--stdio", "--runtime", "fake", "--model", f"a={missing}", stdin=""
+    )  # --model is ignored without --http or --mcp-stdio (a warning says so)
+    assert done.returncode == 0, done.stderr

@@ -73,6 +73,7 @@ from .kv_reuse import (
     continuation,
     kv_record,
     prompt_cache_path,
+    release_prompt_cache,
     split_volatile,
 )
 from .reply_parser import ReplyParser
@@ -331,9 +332,7 @@ class ChatEngine:
                 llm = loaded.llm
                 state.forget()
                 await llm.clear_kv_cache()
-                if state.prompt_cache is not None:
-                    state.prompt_cache = None
-                    await llm.release_prompt_cache()
+                await release_prompt_cache(llm, state)
                 vectors: list[list[float]] = []
                 tokens = 0
                 for text in inputs:

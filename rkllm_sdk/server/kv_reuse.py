@@ -46,6 +46,7 @@ __all__ = [
     "continuation",
     "kv_record",
     "prompt_cache_path",
+    "release_prompt_cache",
     "split_volatile",
 ]
 
@@ -172,13 +173,10 @@ async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
         state.forget()
         await llm.clear_kv_cache()
         state.text = ""
-    if state.prompt_cache is not None and plan.release and state.prompt_cache != plan.load:
-        state.prompt_cache = None
-        await llm.release_prompt_cache()
+    if plan.release and state.prompt_cache != plan.load:
+        await release_prompt_cache(llm, state)
     if plan.load is not None and state.prompt_cache != plan.load:
-        if state.prompt_cache is not None:
-            state.prompt_cache = None
-            await llm.release_prompt_cache()
+        await release_prompt_cache(llm, state)
         try:
             await llm.load_prompt_cache(plan.load)
         except RKLLMError:  # a damaged or foreign file: drop it, the run prefills all
@@ -192,6 +190,15 @@ async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
     if plan.load is not None:
         with suppress(OSError):
             os.utime(plan.load)  # recently used
+
+
+async def release_prompt_cache(llm: AsyncLLM, state: KVRecord) -> None:
+    """Release the handle's prompt cache, if one is (or may be) loaded. Cancelled midway,
+    the record says it may still be loaded (the runtime's call may have run)."""
+    if state.prompt_cache is not None:
+        state.prompt_cache = UNSURE_PROMPT_CACHE
+        await llm.release_prompt_cache()
+        state.prompt_cache = None
 
 
 # ---- the prompt-cache directory -----------------------------------------------------------

@@ -550,6 +550,36 @@ async def test_a_request_cancelled_while_its_prompt_cache_loads(tmp_path: Path, 
         assert cache == state.text == await h.render(*second) + done2.content
 
 
+async def test_a_request_cancelled_while_its_prompt_cache_is_released(
+    tmp_path: Path, abi: str
+) -> None:
+    """A request (here embeddings) cancelled as it was about to release the loaded prompt
+    cache leaves the record unsure of it: the next fresh run releases it, and later
+    conversations continue their cache."""
+    async with harness(tmp_path, abi, FakeModel()) as h:
+        await h.done(SYSTEM, user("Turn on the lights"))  # saves the prompt cache
+        await h.done(SYSTEM, user("What is the weather like?"))  # loads it
+        async with h.loaded() as loaded:
+            llm = loaded.llm
+            release = llm.release_prompt_cache
+
+            async def cancelled_then_release() -> None:
+                await anyio.sleep(DEADLINE_S)  # the request is cancelled here
+                await release()
+
+            llm.release_prompt_cache = cancelled_then_release  # type: ignore[method-assign]
+        with anyio.move_on_after(0.3):
+            await h.engine.embed("m", ["a cat"])
+        del llm.release_prompt_cache
+        first = [SHORT_SYSTEM, user("Hello there")]
+        done1 = await h.done(*first)
+        second = [*first, assistant(done1), user("Tell me more")]
+        done2 = await h.done(*second)
+        state, cache, _ = await h.record()
+        assert done2.cached_tokens > 0
+        assert cache == state.text == await h.render(*second) + done2.content
+
+
 async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> None:
     """A prompt-cache file the runtime cannot load is deleted and the run prefills in full."""
     async with harness(tmp_path, abi, FakeModel()) as h:

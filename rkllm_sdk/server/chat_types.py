@@ -74,7 +74,8 @@ class ChatRequest:
         messages: normalised messages (``role``, ``content``, ``tool_calls``,
             ``tool_call_id``, ``name``, ``reasoning_content``).
         tools: OpenAI-style tool definitions.
-        tool_choice: ``"auto"``, ``"none"`` (tools not shown to the model), ``"required"``
+        tool_choice: ``"auto"``, ``"none"`` (tools not shown to the model; a call it
+            writes anyway is content), ``"required"``
             (an instruction in the system turn; not enforced by decoding), or
             ``{"type": "function", "function": {"name": ...}}`` (only that tool is shown).
         max_tokens: generated-token limit (runtime 1.3 per run; on 1.2 the engine pauses

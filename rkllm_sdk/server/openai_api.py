@@ -98,10 +98,10 @@ def _usage(done: ChatDone) -> dict[str, Any]:
     }
 
 
-def _tool_call_out(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+def _tool_call_out(call: ToolCall, call_id: str, index: int | None = None) -> dict[str, Any]:
     arguments = json.dumps(call.arguments, ensure_ascii=False)
     out = {
-        "id": call.id,
+        "id": call_id,
         "type": "function",
         "function": {"name": call.name, "arguments": arguments},
     }
@@ -158,6 +158,15 @@ class _ChatAnswer(_Answer):
         super().__init__(parsed)
         self.first_tool_only = parsed.first_tool_only
         self.sent_calls: list[str] = []
+        self.call_ids: dict[str, str] = {}
+
+    def _call_id(self, call: ToolCall) -> str:
+        """The id a call goes out with: new for every call of every response, as OpenAI's
+        are (the engine's is a hash of the call: the same call later in a conversation
+        would repeat it, and clients key calls and results by id)."""
+        if call.id not in self.call_ids:
+            self.call_ids[call.id] = f"call_{secrets.token_hex(12)}"
+        return self.call_ids[call.id]
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -171,7 +180,7 @@ class _ChatAnswer(_Answer):
         for call in calls:
             if call.id in self.sent_calls or (self.first_tool_only and self.sent_calls):
                 continue
-            out.append(_tool_call_out(call, len(self.sent_calls)))
+            out.append(_tool_call_out(call, self._call_id(call), len(self.sent_calls)))
             self.sent_calls.append(call.id)
         return out
 
@@ -203,7 +212,7 @@ class _ChatAnswer(_Answer):
         if event.reasoning:
             message["reasoning_content"] = event.reasoning
         if calls:
-            message["tool_calls"] = [_tool_call_out(c) for c in calls]
+            message["tool_calls"] = [_tool_call_out(c, self._call_id(c)) for c in calls]
         choice = {"index": 0, "message": message, "logprobs": None}
         choice["finish_reason"] = event.finish_reason
         return self._object("chat.completion", [choice], usage=_usage(event))

@@ -914,3 +914,54 @@ async def test_a_client_gone_before_its_body_is_whole_is_a_quiet_499(
                     await anyio.sleep(0.02)
             reply = await client.chat.completions.create(model="m", messages=[USER])
         assert reply.choices[0].message.content == "Hi there, friend!"
+
+
+async def test_tool_call_ids_are_unique_across_a_conversation(models_dir: Path, abi: str) -> None:
+    """The same call made again later in a conversation gets a new id, streamed or not
+    (the ids were a hash of the call, so a conversation held two calls and two results
+    with one tool_call_id, which clients that key tool calls by id mix up); a result
+    answering either id is read."""
+    FakeModel(
+        replies={
+            "again": tool_call_reply("set_light", {"room": "kitchen", "on": True}),
+            "ok-1": "Done once.",
+            "kitchen": tool_call_reply("set_light", {"room": "kitchen", "on": True}),
+        }
+    ).write(models_dir / "lights.json")
+    async with serving(models_dir, abi) as (client, _, _):
+        with anyio.fail_after(DEADLINE_S):
+            messages: list[Any] = [{"role": "user", "content": "Turn on the kitchen light"}]
+            first = await client.chat.completions.create(
+                model="lights", messages=messages, tools=[LIGHT_TOOL]
+            )
+            call = first.choices[0].message.tool_calls[0]
+            messages += [
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "ok-1"},
+            ]
+            done = await client.chat.completions.create(
+                model="lights", messages=messages, tools=[LIGHT_TOOL]
+            )
+            assert done.choices[0].message.content == "Done once."
+            messages += [
+                done.choices[0].message.model_dump(exclude_none=True),
+                {"role": "user", "content": "Once again, please"},
+            ]
+            ids = {call.id}
+            for stream in (False, True):
+                if stream:
+                    chunks = await client.chat.completions.create(
+                        model="lights", messages=messages, tools=[LIGHT_TOOL], stream=True
+                    )
+                    again = [
+                        c.choices[0].delta.tool_calls[0].id
+                        async for c in chunks
+                        if c.choices and c.choices[0].delta.tool_calls
+                    ]
+                else:
+                    reply = await client.chat.completions.create(
+                        model="lights", messages=messages, tools=[LIGHT_TOOL]
+                    )
+                    again = [c.id for c in reply.choices[0].message.tool_calls or []]
+                assert len(again) == 1 and again[0] not in ids
+                ids.add(again[0])

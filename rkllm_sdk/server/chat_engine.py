@@ -271,8 +271,8 @@ class ChatEngine:
             state.views = cache_views(plan.prompt + reply.raw, len(plan.prompt), run.think)
             state.tokens = n1
             state.notes = run.notes
-        if plan.save is not None and consistent:  # the file holds sent_tokens, no shift
-            self._prompt_cache_tokens[plan.save] = sent_tokens
+        if plan.save is not None and consistent:  # the file holds sent_tokens (+-1), no shift
+            self._prompt_cache_tokens[plan.save] = sent_tokens + 1
         completion = reply.shown_tokens if reply.finish is not None else generated
         if req.max_tokens is not None:
             completion = min(completion, req.max_tokens)

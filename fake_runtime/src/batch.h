@@ -31,8 +31,8 @@ typedef struct {
 size_t apply_template(fake_handle* h, sbuf* out, int with_system, const char* role, const char* text,
                       int thinking);
 
-/* reply.c: appends the batch's whole answer (think block, tags, scripted / tool / generated). */
-void choose_reply(fake_handle* h, batch_run* br, const RKLLMInput* in);
+/* reply.c: appends batch b's whole answer (think block, tags, scripted / tool / generated). */
+void choose_reply(fake_handle* h, int b, batch_run* br, const RKLLMInput* in);
 
 /* prefill.c: reads input b of the job (template, tokens, arrays, 1.3 callbacks) and chooses the
  * reply; 0, or -1 with a message in err. */

@@ -237,7 +237,7 @@ int prepare_batch(fake_handle* h, int b, batch_run* br, char* err, size_t errcap
     seed = fnv1a(seed, &h->kv[b].n, sizeof h->kv[b].n);
     br->rng = seed;
     br->endless = h->ignore_eos || !h->model.natural_end;
-    choose_reply(h, br, in);
+    choose_reply(h, b, br, in);
     return 0;
 }
 

@@ -56,30 +56,87 @@ static void schema_value(sbuf* out, const char* prop, const json* schema) {
     else sb_puts(out, "null");
 }
 
+/* One <tool_call> block for tool `fn` if `text` names it; counts it in *calls. */
+static void tool_call_if_named(sbuf* out, const json* fn, const char* text, int* calls) {
+    const json* name = json_get(fn, "name");
+    if (!name || name->type != JSON_STRING || !strstr(text, name->string)) return;
+    if ((*calls)++) sb_puts(out, "\n");
+    sb_puts(out, "<tool_call>\n{\"name\": ");
+    sb_json_string(out, name->string, name->length);
+    sb_puts(out, ", \"arguments\": {");
+    const json* params = json_get(fn, "parameters");
+    const json* props = json_get(params, "properties");
+    const json* req = json_get(params, "required");
+    size_t written = 0;
+    for (size_t r = 0; req && req->type == JSON_ARRAY && r < req->count; r++) {
+        if (req->items[r].type != JSON_STRING) continue;
+        const char* prop = req->items[r].string;
+        if (written++) sb_puts(out, ", ");
+        sb_json_string(out, prop, strlen(prop));
+        sb_puts(out, ": ");
+        schema_value(out, prop, json_get(props, prop));
+    }
+    sb_puts(out, "}}\n</tool_call>");
+}
+
 static int tool_calls_reply(fake_handle* h, sbuf* out, const char* text) {
     int calls = 0;
-    for (size_t k = 0; h->tools && k < h->tools->count; k++) {
-        const json* fn = tool_function(&h->tools->items[k]);
-        const json* name = json_get(fn, "name");
-        if (!strstr(text, name->string)) continue;
-        if (calls++) sb_puts(out, "\n");
-        sb_puts(out, "<tool_call>\n{\"name\": ");
-        sb_json_string(out, name->string, name->length);
-        sb_puts(out, ", \"arguments\": {");
-        const json* params = json_get(fn, "parameters");
-        const json* props = json_get(params, "properties");
-        const json* req = json_get(params, "required");
-        size_t written = 0;
-        for (size_t r = 0; req && req->type == JSON_ARRAY && r < req->count; r++) {
-            if (req->items[r].type != JSON_STRING) continue;
-            const char* prop = req->items[r].string;
-            if (written++) sb_puts(out, ", ");
-            sb_json_string(out, prop, strlen(prop));
-            sb_puts(out, ": ");
-            schema_value(out, prop, json_get(props, prop));
-        }
-        sb_puts(out, "}}\n</tool_call>");
+    for (size_t k = 0; h->tools && k < h->tools->count; k++)
+        tool_call_if_named(out, tool_function(&h->tools->items[k]), text, &calls);
+    return calls;
+}
+
+/* The last occurrence of needle in s[0..n), or NULL. */
+static const char* last_of(const char* s, size_t n, const char* needle) {
+    size_t k = strlen(needle);
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
+        if (memcmp(s + i, needle, k) == 0) return s + i;
+    return NULL;
+}
+
+/* [A22] Tools in the prompt text: when none were set through rkllm_set_function_tools, the
+ * tools are the lines of every <tools>...</tools> block of the text the model sees (the KV
+ * cache's text, then this input as templated) that parse as a JSON object with a function
+ * name, in order (a server rendering Qwen's / Hermes' template writes one per line). The
+ * text naming them is the latest user turn: after the last "<|im_start|>user" up to its
+ * "<|im_end|>" (a turn holding a <tool_response> names none: it is a tool's result); without
+ * that marker, the input text after its last "</tools>" (all of it without a block). */
+static int prompt_tools_reply(fake_handle* h, int b, const batch_run* br, sbuf* out) {
+    sbuf seen, user;
+    sb_init(&seen);
+    sb_init(&user);
+    sb_put(&seen, h->kv[b].text.data, h->kv[b].text.len);
+    sb_put(&seen, br->templated.data, br->templated.len);
+    static const char turn[] = "<|im_start|>user";
+    const char* at = last_of(seen.data, seen.len, turn);
+    if (at) {
+        at += sizeof turn - 1;
+        if (*at == '\n') at++;
+        const char* end = strstr(at, "<|im_end|>");
+        sb_put(&user, at, end ? (size_t)(end - at) : strlen(at));
+        if (strstr(user.data, "<tool_response>")) sb_clear(&user);
+    } else {
+        const char* after = last_of(br->text, strlen(br->text), "</tools>");
+        sb_puts(&user, after ? after + strlen("</tools>") : br->text);
     }
+    int calls = 0;
+    for (const char* p = user.len ? strstr(seen.data, "<tools>") : NULL; p; p = strstr(p, "<tools>")) {
+        p += strlen("<tools>");
+        const char* close = strstr(p, "</tools>");
+        if (!close) break;
+        for (const char* line = p; line < close;) {
+            const char* nl = memchr(line, '\n', (size_t)(close - line));
+            const char* stop = nl ? nl : close;
+            char err[128];
+            json* tool = stop > line ? json_parse(line, (size_t)(stop - line), err, sizeof err) : NULL;
+            if (tool && tool->type == JSON_OBJECT) tool_call_if_named(out, tool_function(tool), user.data, &calls);
+            json_free(tool);
+            line = stop + (nl ? 1 : 0);
+        }
+        p = close;
+    }
+    sb_free(&seen);
+    sb_free(&user);
     return calls;
 }
 
@@ -111,7 +168,7 @@ static int think_mode(const fake_handle* h, const batch_run* br, const RKLLMInpu
     return THINK_BLOCK;
 }
 
-void choose_reply(fake_handle* h, batch_run* br, const RKLLMInput* in) {
+void choose_reply(fake_handle* h, int b, batch_run* br, const RKLLMInput* in) {
     int mode = think_mode(h, br, in);
     if (mode != THINK_NONE) {
         const sbuf* t = &br->templated;
@@ -138,6 +195,7 @@ void choose_reply(fake_handle* h, batch_run* br, const RKLLMInput* in) {
         return;
     }
     if (br->text[0] && tool_calls_reply(h, &br->reply, br->text)) return;
+    if (!h->tools && br->templated.len && prompt_tools_reply(h, b, br, &br->reply)) return;
     sbuf answer;
     sb_init(&answer);
     int n = 1 + (int)(splitmix64(&br->rng) % 3);

@@ -190,3 +190,106 @@ def test_thinking_precedes_tool_calls(drv: Driver, model: ModelFactory) -> None:
     text = h.run("get_temperature", thinking=True).text()
     assert text.startswith("<think>\n")
     assert text.endswith("</tool_call>")
+
+
+# ---- tools written into the prompt text (a server rendering the chat template itself) ----
+
+
+def qwen_system(tools: list[dict[str, object]]) -> str:
+    """A system turn as Qwen's / Hermes' template renders tools: one JSON object per line."""
+    lines = "\n".join(json.dumps(t) for t in tools)
+    return (
+        "<|im_start|>system\nYou control a home.\n\n# Tools\n\nYou may call one or more "
+        "functions to assist with the user query.\n\nYou are provided with function signatures "
+        f"within <tools></tools> XML tags:\n<tools>\n{lines}\n</tools>\n\nFor each function "
+        "call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    )
+
+
+def user_turn(text: str) -> str:
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def calls_in(text: str) -> list[dict[str, object]]:
+    return [json.loads(b) for b in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)]
+
+
+def test_tools_in_the_prompt_text_are_called_when_the_user_turn_names_them(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """No tools set through rkllm_set_function_tools: a <tools> block in the (rendered)
+    prompt gives them; the latest user turn naming one gets the same <tool_call> block as
+    with set tools (rule 3), in the block's order."""
+    h = drv.init(model())
+    assert h.set_template("", "", "") == 0
+    prompt = qwen_system(TOOLS) + user_turn("please turn_on_light in the kitchen")
+    text = h.run(prompt).text()
+    assert calls_in(text) == calls_in(_with_set_tools(drv, model, "turn_on_light in the kitchen"))
+    assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>")
+    both = h.run(qwen_system(TOOLS) + user_turn("get_temperature then turn_on_light")).text()
+    assert [c["name"] for c in calls_in(both)] == ["turn_on_light", "get_temperature"]
+
+
+def _with_set_tools(drv: Driver, model: ModelFactory, text: str) -> str:
+    h = drv.init(model())
+    assert set_tools(drv, h, TOOLS) == 0
+    return h.run(text).text()
+
+
+def test_prompt_tools_are_named_only_by_the_latest_user_turn(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """The tools block itself, earlier turns and a tool-result turn name no tool: only the
+    text after the last <|im_start|>user (up to its <|im_end|>) does."""
+    h = drv.init(model())
+    assert h.set_template("", "", "") == 0
+    assert calls_in(h.run(qwen_system(TOOLS) + user_turn("hello")).text()) == []
+    earlier = (
+        qwen_system(TOOLS)
+        + user_turn("turn_on_light")
+        + "done<|im_end|>\n"
+        + user_turn("thanks, that is all")
+    )
+    assert calls_in(h.run(earlier).text()) == []
+    result = qwen_system(TOOLS) + user_turn(
+        '<tool_response>\n{"turn_on_light": "ok"}\n</tool_response>'
+    )
+    assert calls_in(h.run(result).text()) == []
+
+
+def test_prompt_tools_in_the_kv_cache_count_for_a_continuation(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """A continuation sends only the new turn: the <tools> block the cache already holds
+    (kept history) still gives the tools."""
+    h = drv.init(model())
+    assert h.set_template("", "", "") == 0
+    h.run(qwen_system(TOOLS) + user_turn("hello"), keep_history=1)
+    text = h.run("<|im_end|>\n" + user_turn("now get_temperature"), keep_history=1).text()
+    assert [c["name"] for c in calls_in(text)] == ["get_temperature"]
+
+
+def test_prompt_tools_without_chatml_markers_read_the_text_after_the_block(
+    drv: Driver, model: ModelFactory
+) -> None:
+    """Another template (no <|im_start|>user): the user's text is the input after its last
+    </tools>; bad lines in the block are skipped."""
+    h = drv.init(model())
+    assert h.set_template("", "", "") == 0
+    lines = "\n".join([json.dumps(TOOLS[0]), "not json", json.dumps(TOOLS[1])])
+    block = f"Tools:\n<tools>\n{lines}\n</tools>\n"
+    assert [c["name"] for c in calls_in(h.run(block + "User: get_temperature").text())] == [
+        "get_temperature"
+    ]
+    assert calls_in(h.run(block + "User: hi").text()) == []
+
+
+def test_set_tools_take_precedence_over_prompt_tools(drv: Driver, model: ModelFactory) -> None:
+    """Tools set through rkllm_set_function_tools are the only ones: a <tools> block in the
+    prompt is then just text."""
+    h = drv.init(model())
+    assert set_tools(drv, h, [TOOLS[1]]) == 0
+    prompt = qwen_system([TOOLS[0]]) + user_turn("turn_on_light")
+    assert calls_in(h.run(prompt).text()) == []

@@ -398,7 +398,12 @@ class ChatEngine:
         head = _shared_prefix(loaded.template, req, messages, tools)
         if head is None or len(head) < self.prefix_min_chars or not prompt.startswith(head):
             return None
-        return prompt_cache_path(Path(cache_dir), loaded.spec.name, Path(loaded.spec.path), head)
+        try:
+            path = prompt_cache_path(Path(cache_dir), loaded.spec.name, loaded.spec.path, head)
+        except OSError:  # a directory that cannot be made (read-only): no prompt caches
+            return None
+        # The runtime fails a run whose prompt cache it cannot write: not in such a place.
+        return path if os.access(path.parent, os.W_OK) else None
 
 
 # ---- rendering and run options ----------------------------------------------------------

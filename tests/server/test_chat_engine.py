@@ -580,6 +580,29 @@ async def test_a_request_cancelled_while_its_prompt_cache_is_released(
         assert cache == state.text == await h.render(*second) + done2.content
 
 
+async def test_an_unusable_cache_directory_turns_prompt_caches_off(
+    tmp_path: Path, abi: str
+) -> None:
+    """A cache directory that cannot be created (here its path is a file; e.g. a read-only
+    models directory) turns prompt caches off: chats with a long system prompt still work,
+    prefilled in full, and continue their cache."""
+    model = FakeModel()
+    path = model.write(tmp_path / "m.json")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    spec = ModelSpec(name="m:latest", path=path, params=PARAMS, template="qwen2.5")
+    catalog = ModelCatalog([spec], runtime="fake", abi=abi, cache_dir=blocked)
+    async with catalog.lifespan():
+        h = Harness(ChatEngine(catalog), catalog)
+        first = [SYSTEM, user("Hello there")]
+        done1 = await h.done(*first)
+        second = [*first, assistant(done1), user("More")]
+        done2 = await h.done(*second)
+        state, cache, _ = await h.record()
+        assert done2.cached_tokens > 0
+        assert cache == state.text == await h.render(*second) + done2.content
+
+
 async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> None:
     """A prompt-cache file the runtime cannot load is deleted and the run prefills in full."""
     async with harness(tmp_path, abi, FakeModel()) as h:

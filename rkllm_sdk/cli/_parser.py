@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import NoReturn
 
 from .bench import cmd_bench
 from .chat import CHAT_HELP, cmd_chat
@@ -85,11 +86,19 @@ def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinking", action="store_true", help="let a thinking model think")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as the commands' own usage errors
+    are (``rkllm serve: error: ...``, exit 2): the usage block is ``--help``'s."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rkllm`` argument parser; each command's ``func`` runs it and returns the code."""
     from .. import __version__  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(  # its commands' parsers are _Parsers too
         prog="rkllm",
         description="Run LLMs on Rockchip NPUs (RKLLM runtime), or on the bundled fake "
         "runtime when there is no board.",

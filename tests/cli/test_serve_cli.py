@@ -315,3 +315,22 @@ def test_a_named_model_that_cannot_load_is_refused_at_start(tmp_path: Path) -> N
         "serve", "--stdio", "--runtime", "fake", "--model", f"a={missing}", stdin=""
     )  # --model is ignored without --http or --mcp-stdio (a warning says so)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--http"],
+        ["--mcp-stdio", "--idle-timeout", "0"],
+        ["--mcp-stdio", "--abi", "2"],
+        ["--mcp-stdio", "--max-queue", "x"],
+        ["--mcp-stdio", "--frobnicate"],
+        ["--stdio", "--mcp-stdio"],
+    ],
+)
+def test_option_errors_are_one_line(args: list[str]) -> None:
+    """An option argparse refuses is one line, as the command's own usage errors are
+    (``rkllm serve: error: argument ...``; an unknown option is the ``rkllm`` parser's),
+    exit 2; not the usage block first."""
+    err = usage_error(*args)
+    assert re.match(r"rkllm( serve)?: error: [^\n]+\n\Z", err), err

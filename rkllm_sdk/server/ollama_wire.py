@@ -76,6 +76,8 @@ _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.
 _UNIT_S |= {"m": 60.0, "h": 3600.0}
 _PARAMETER_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _QUANTIZATION = re.compile(r"w\d+a\d+(?:_g\d+)?", re.IGNORECASE)
+#: The context length in the SDK's error for a refused run ("max_context_len (512 tokens").
+_CONTEXT_IN_ERROR = re.compile(r"max_context_len \((\d+) tokens")
 
 
 class _AsciiJSON(JSONResponse):
@@ -125,7 +127,7 @@ def error_for(exc: Exception, model: str, context_len: int | None = None) -> Oll
     if isinstance(exc, OllamaError):
         return exc
     if _context_overflow(exc):
-        size = f"{context_len} tokens" if context_len else "its max_context_len"
+        size = _context_size(exc, context_len)
         return bad_request(
             f"the input length exceeds the context length: {model}'s context is {size} "
             "(max_context_len, fixed when it loads; options.num_ctx cannot change it), and "
@@ -151,6 +153,15 @@ def _context_overflow(exc: Exception) -> bool:
         return False
     gen = exc.generation
     return gen is not None and not gen.text and not gen.token_ids
+
+
+def _context_size(exc: BaseException, configured: int | None) -> str:
+    """The context length for the message: the configured one, else the one the SDK's
+    error names (the runtime's default), else none."""
+    if configured:
+        return f"{configured} tokens"
+    found = _CONTEXT_IN_ERROR.search(str(exc))
+    return f"{found.group(1)} tokens" if found else "its max_context_len"
 
 
 # ---- request fields -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
 
 _MAX_STOP = 4
 _INT32_MAX = 2**31 - 1  # token counts and top_k reach the runtime as C ints
+#: The context length in the SDK's error for a refused run ("max_context_len (512 tokens").
+_CONTEXT_IN_ERROR = re.compile(r"max_context_len \((\d+) tokens")
 _REASONING_EFFORT = {
     "none": False,
     "minimal": False,
@@ -166,10 +169,19 @@ def _context_overflow(exc: BaseException) -> bool:
     return gen is not None and not gen.text and not gen.token_ids
 
 
+def _context_size(exc: BaseException, configured: int | None) -> str:
+    """The context length for the message: the configured one, else the one the SDK's
+    error names (the runtime's default), else none."""
+    if configured:
+        return f"{configured} tokens"
+    found = _CONTEXT_IN_ERROR.search(str(exc))
+    return f"{found.group(1)} tokens" if found else "its max_context_len"
+
+
 def _context_exceeded(
     exc: BaseException, params: Mapping[str, str], context_len: int | None
 ) -> OpenAIError:
-    size = f"{context_len} tokens" if context_len else "its max_context_len"
+    size = _context_size(exc, context_len)
     message = (
         f"This model's maximum context length is {size} (max_context_len, fixed when it "
         "loads), and the runtime refused the prompt before generating anything: the "

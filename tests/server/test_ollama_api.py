@@ -601,8 +601,9 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
     model_files: dict[str, Path], abi: str
 ) -> None:
     """A conversation longer than max_context_len (the runtime refuses it before its first
-    token) is a 400 saying the input exceeds the context length and naming it, streamed or
-    not, chat and generate (not an opaque 500); the model then serves the next request."""
+    token) is a 400 saying the input exceeds the context length and naming it (configured,
+    or the runtime's default), streamed or not, chat and generate (not an opaque 500); the
+    model then serves the next request."""
     small = f"small={model_files[CHAT]},max_context_len=64"
     long_text = "word " * 300
     async with serving(model_files, abi, models=[small]) as served:
@@ -621,6 +622,10 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
             with pytest.raises(ollama.ResponseError) as caught:
                 await c.generate(model="small", prompt=long_text)
             assert caught.value.status_code == 400 and "64 tokens" in caught.value.error
+            with pytest.raises(ollama.ResponseError) as caught:  # the runtime's default: 512
+                await c.generate(model=CHAT, prompt=long_text * 3)
+            assert caught.value.status_code == 400
+            assert "qwen2.5:latest's context is 512 tokens" in caught.value.error
             reply = await c.chat(model="small", messages=[{"role": "user", "content": "Hello"}])
         assert reply.message.content == "Hi there, friend!"
 

@@ -840,9 +840,9 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
     models_dir: Path, abi: str
 ) -> None:
     """A conversation longer than max_context_len (the runtime refuses it before its first
-    token) is 400 context_length_exceeded naming the context length, streamed or not, for
-    chat and completions (LiteLLM maps that code to ContextWindowExceededError), not an
-    opaque 500; the model then serves the next request."""
+    token) is 400 context_length_exceeded naming the context length (configured, or the
+    runtime's default), streamed or not, for chat and completions (LiteLLM maps that code to
+    ContextWindowExceededError), not an opaque 500; the model then serves the next request."""
     small = f"small={models_dir / 'm.json'},max_context_len=64"
     long_text = "word " * 300
     async with serving(models_dir, abi, models=[small]) as (client, _, _):
@@ -860,6 +860,11 @@ async def test_a_prompt_longer_than_the_context_is_a_400_naming_it(
             with pytest.raises(openai.BadRequestError) as info:
                 await client.completions.create(model="small", prompt=long_text)
             assert (info.value.code, info.value.param) == ("context_length_exceeded", "prompt")
+            with pytest.raises(openai.BadRequestError) as info:  # the runtime's default: 512
+                await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": long_text * 3}]
+                )
+            assert "maximum context length is 512 tokens" in info.value.message
             reply = await client.chat.completions.create(model="small", messages=[USER])
         assert reply.choices[0].message.content == "Hi there, friend!"
 

@@ -16,8 +16,10 @@ What Home Assistant's Ollama integration, Open WebUI's Ollama connection and the
 - ``GET /`` and ``HEAD /``: ``Ollama is running`` (clients probe it; no key needed).
 
 Errors are ``{"error": "..."}`` with Ollama's status codes: 400 (a field this server cannot
-honour, named in the message), 401 (no or wrong API key), 404 (``model "x" not found, try
-pulling it first``), 503 (the model's queue is full), 500. A failure after a stream has
+honour, named in the message; a conversation longer than the model's context: ``the input
+length exceeds the context length``), 401 (no or wrong API key), 404 (``model "x" not
+found, try pulling it first``; any other path or method), 503 (the model's queue is full),
+500. A failure after a stream has
 started is one more line ``{"error": "..."}``, as Ollama sends it. A client that
 disconnects, before or during its answer, aborts the run on the NPU.
 

@@ -19,8 +19,11 @@ fields' are in :mod:`.openai_wire`):
   ``[DONE]``. A client that disconnects has its run aborted (the engine's generator is
   closed), streaming or not.
 - Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
-  ``invalid_request_error``, 401 ``invalid_api_key``, 404 ``model_not_found``, 413, 429
-  (queue full: ``Retry-After`` and ``retry-after-ms``), 5xx ``server_error``.
+  ``invalid_request_error`` (``context_length_exceeded`` for a prompt longer than the
+  model's context), 401 ``invalid_api_key``, 404 ``model_not_found``, 413, 429 (queue full:
+  ``Retry-After`` and ``retry-after-ms``), 5xx ``server_error``; a client gone before its
+  body was read is logged as 499.
+- Tool calls go out with ids of their own, new for every call of every response.
 """
 
 from __future__ import annotations

@@ -296,6 +296,19 @@ async def _signals(server: Server, scope: anyio.CancelScope) -> None:
             return
 
 
+def _fake_banner(args: argparse.Namespace, demo: Path, models_dir: Path | None) -> str:
+    """The line saying the fake runtime serves, and whether its demo model ``demo`` does."""
+    found = "fake runtime" if args.runtime else "no RKLLM runtime found: bundled fake runtime"
+    hint = "" if args.runtime else "; pass --runtime and --models-dir for a real one"
+    if models_dir is None and args.runtime is None:  # its directory is the models dir
+        about = f"; its demo model is {demo.stem} ({demo.name})"
+    elif models_dir is None:  # --runtime fake confines to the current directory
+        about = f"; --models-dir {demo.parent} serves its demo model"
+    else:
+        about = ""
+    return f"{found} (no NPU involved{hint}){about}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rkllm serve``: serve until SIGTERM (or, with ``--stdio`` alone, until stdin ends)."""
     if not (args.stdio or args.mcp_stdio or args.tcp or args.unix or args.http):
@@ -316,11 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if target is not None:
         runtime = target.runtime
         if target.notice:  # serve's own words: it names its models with --models-dir
-            found = (
-                "fake runtime" if args.runtime else "no RKLLM runtime found: bundled fake runtime"
-            )
-            hint = "" if args.runtime else "; pass --runtime and --models-dir for a real one"
-            _log(f"{found} (no NPU involved{hint}); its demo model is demo-model.json")
+            _log(_fake_banner(args, target.model, models_dir))
         if models_dir is None and runtime == "fake" and args.runtime is None:
             models_dir = target.model.parent
     config = ServerConfig(

@@ -334,3 +334,20 @@ def test_option_errors_are_one_line(args: list[str]) -> None:
     exit 2; not the usage block first."""
     err = usage_error(*args)
     assert re.match(r"rkllm( serve)?: error: [^\n]+\n\Z", err), err
+
+
+def test_the_fake_names_its_demo_model_only_where_it_is_served(tmp_path: Path) -> None:
+    """``--runtime fake`` serves the current directory, or --models-dir: the banner does
+    not promise the demo model there (it said "its demo model is demo-model.json" while
+    none was named), it says how to serve it."""
+    skip_if_runtime_installed()
+    done = rkllm(
+        "serve", "--mcp-stdio", "--runtime", "fake", "--models-dir", str(tmp_path), stdin=""
+    )
+    assert done.returncode == 0, done.stderr
+    assert "demo model" not in done.stderr and "named models: none" in done.stderr
+    done = rkllm("serve", "--mcp-stdio", "--runtime", "fake", stdin="")
+    assert re.search(r"--models-dir \S+ serves its demo model", done.stderr), done.stderr
+    done = rkllm("serve", "--mcp-stdio", stdin="")  # no runtime: the demo model is served
+    assert "its demo model is demo-model (demo-model.json)" in done.stderr
+    assert "named models: demo-model:latest" in done.stderr

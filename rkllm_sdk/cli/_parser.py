@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and X-RKLLM-Session header, until idle). MCP (tools generate, chat and one per "
         "function) on stdio (--mcp-stdio) and at /mcp on the HTTP port, with the OpenAI "
         "(/v1) and Ollama (/api) APIs for the named models (--model, --models-dir). SIGTERM "
-        "drains runs, then exits 0. Environment: RKLLM_API_KEY.",
+        "drains JSON-RPC runs (named-model requests are cut short), then exits 0. "
+        "Environment: RKLLM_API_KEY.",
     )
     spawned = p.add_mutually_exclusive_group()
     spawned.add_argument(
@@ -228,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir",
         metavar="DIR",
         help="model and LoRA paths must lie inside DIR, and each model file in it is a named "
-        "model (default: the current directory; on the bundled fake, its demo model's "
-        "directory)",
+        "model (default: the current directory, its model files not named; with no runtime "
+        "installed, the bundled fake's demo model directory)",
     )
     p.add_argument(
         "--cache-dir", metavar="DIR", help="prompt caches must lie inside DIR (default: models dir)"

@@ -34,7 +34,8 @@ JSON-RPC error object the proxy would have answered (``code``, ``message``, ``da
 Streaming: when the caller sends a progress token, every chunk of a run goes out as a
 ``notifications/progress`` as soon as it is produced (``message``: the new text;
 ``progress``: tokens so far, for ``generate`` and ``chat`` the engine's pieces of text so
-far, about one per token); the result then holds the whole text, finish reason and perf.
+far, which are not tokens: a token's text held back at a possible stop string comes as
+two pieces); the result then holds the whole text, finish reason and perf.
 Cancelling the request cancels the handler, which aborts the run on the NPU.
 
 Who owns the handles a client creates with ``rkllm_init``:

@@ -70,6 +70,8 @@ class Faults:
         hang_after: after N tokens nothing more comes until an abort (a wedged NPU).
         crash_after: after N tokens the process aborts (SIGABRT): use in a subprocess only.
         slow_prefill_ms: extra time added to every prefill.
+        start_delay_ms: a run waits this long before it counts as running (an abort
+            meanwhile finds the handle idle and is lost, as one racing a run's start can be).
 
     >>> Faults(error_after=3, slow_prefill_ms=50).spec()
     'error_after=3,slow_prefill_ms=50'
@@ -81,6 +83,7 @@ class Faults:
     hang_after: int | None = None
     crash_after: int | None = None
     slow_prefill_ms: float | None = None
+    start_delay_ms: float | None = None
 
     def spec(self) -> str:
         """The fault spec string (``RKLLM_FAKE_FAULTS`` syntax)."""

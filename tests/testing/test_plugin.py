@@ -150,7 +150,7 @@ def test_fake_model_file(tmp_path: Path) -> None:
     model = FakeModel(
         replies={"a": "b", "c": tool_call_reply("f", {"x": 1}, text=" ok", thinking="hm")},
         decode_ms=3,
-        faults=Faults(hang_after=4, slow_prefill_ms=2.5),
+        faults=Faults(hang_after=4, slow_prefill_ms=2.5, start_delay_ms=7),
     )
     data = json.loads(model.write(tmp_path / "m.json").read_text())
     assert data["format"] == "rkllm-fake/1" and data["decode_ms"] == 3
@@ -162,7 +162,7 @@ def test_fake_model_file(tmp_path: Path) -> None:
             '{"x": 1}}\n</tool_call> ok',
         },
     ]
-    assert data["faults"] == "hang_after=4,slow_prefill_ms=2.5"
+    assert data["faults"] == "hang_after=4,slow_prefill_ms=2.5,start_delay_ms=7"
     assert "faults" not in FakeModel().to_dict()
     assert FakeModel(faults="run_fail=-3").to_dict()["faults"] == "run_fail=-3"
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -23,6 +25,7 @@ from .jsonrpc import Server, error_response
 from .outbox import dumps
 
 __all__ = [
+    "FdReader",
     "lines",
     "open_tcp",
     "open_unix",
@@ -98,26 +101,56 @@ async def open_unix(path: str | os.PathLike[str]) -> anyio.abc.Listener[anyio.ab
     return listener
 
 
-class _Stdin(anyio.abc.ByteReceiveStream):
-    """Standard input as a byte stream. Each read runs in a worker thread that a
-    cancellation abandons (a blocked read must not keep the server from exiting)."""
+class FdReader(anyio.abc.ByteReceiveStream):
+    """A file descriptor (standard input) as a byte stream, read by a daemon thread.
 
-    def __init__(self, fd: int) -> None:
+    A read blocked in a worker thread would keep the interpreter from exiting (SIGTERM
+    while the client that spawned us stays connected and silent: worker threads are
+    joined at exit) and cannot be cancelled; a daemon thread does neither. It reads ahead
+    at most a few chunks (a bounded memory stream), and stops at end of file, on a read
+    error, or once the stream is closed.
+    """
+
+    def __init__(self, fd: int, chunk: int = 65536) -> None:
         self._fd = fd
+        self._chunk = chunk
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](4)
+        self._pending = b""
+        self._started = False
+
+    def _read(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, self._chunk)
+            except OSError:
+                data = b""
+            try:
+                anyio.from_thread.run(self._send.send, data, token=token)
+            except Exception:  # closed, or the event loop has ended: nobody listens
+                return
+            if not data:
+                return
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            data = await anyio.to_thread.run_sync(
-                os.read, self._fd, max_bytes, abandon_on_cancel=True
-            )
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-        if not data:
-            raise anyio.EndOfStream
+        if not self._started:
+            self._started = True
+            token = anyio.lowlevel.current_token()
+            threading.Thread(
+                target=self._read, args=(token,), name="rkllm-stdin", daemon=True
+            ).start()
+        if not self._pending:
+            try:
+                self._pending = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise anyio.EndOfStream from None
+            if not self._pending:
+                raise anyio.EndOfStream
+        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return data
 
     async def aclose(self) -> None:
-        pass
+        self._send.close()
+        self._receive.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -136,5 +169,5 @@ async def serve_stdio(server: Server) -> None:
     async def send(line: str) -> None:
         await anyio.to_thread.run_sync(_write_all, out, line.encode("utf-8") + b"\n")
 
-    stdin = _Stdin(sys.stdin.fileno())
-    await Connection(server).serve(lines(stdin, server.config.max_message_bytes), send)
+    async with FdReader(sys.stdin.fileno()) as stdin:
+        await Connection(server).serve(lines(stdin, server.config.max_message_bytes), send)

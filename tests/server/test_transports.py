@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,28 @@ def test_spawned_stdio_server_discovers_and_streams(models_dir: Path, abi: str) 
     assert final["id"] == "run" and final["result"]["finish_reason"] == "stop"
     assert "".join(n["params"]["text"] for n in notes) == final["result"]["text"]
     assert b"rkllm_run" in err and b"ms ok" in err
+
+
+def test_sigterm_ends_stdio_while_its_client_is_connected_and_silent(
+    models_dir: Path, abi: str
+) -> None:
+    """SIGTERM stops `rkllm serve --stdio` (exit 0) while its client keeps standard input
+    open and sends nothing: the blocked read (a daemon thread) does not keep it alive."""
+    env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--stdio", "--runtime", "fake"]
+    cmd += ["--abi", abi, "--models-dir", str(models_dir)]
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as proc:
+        assert proc.stdin and proc.stdout and proc.stderr
+        proc.stdin.write(b'{"jsonrpc": "2.0", "id": 1, "method": "stats"}\n')
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1  # serving: signals handled
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
+        assert b"SIGTERM" in proc.stderr.read()
+        proc.stdin.close()
+    assert proc.returncode == 0
 
 
 class _Run:

@@ -602,23 +602,33 @@ class McpFace:
         if name not in self._schemas:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
         gone = ctx.request.scope.get(_GONE) if isinstance(ctx.request, Request) else None
-        if not isinstance(gone, anyio.Event):
-            return await self._dispatch(ctx, name, arguments)
+        started = time.perf_counter()
         result: types.CallToolResult | None = None
-        async with anyio.create_task_group() as tg:
+        try:
+            if not isinstance(gone, anyio.Event):
+                return await self._dispatch(ctx, name, arguments)
+            async with anyio.create_task_group() as tg:
 
-            async def cancel_when_gone() -> None:
-                await gone.wait()
+                async def cancel_when_gone() -> None:
+                    await gone.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_when_gone)
+                result = await self._dispatch(ctx, name, arguments)
                 tg.cancel_scope.cancel()
-
-            tg.start_soon(cancel_when_gone)
-            result = await self._dispatch(ctx, name, arguments)
-            tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():  # MCP cancellation, or the server stopping
+            self._log_cancelled(name, started, "")
+            raise
         if result is None:  # nobody is left to read this
-            if self.log is not None:
-                self.log(f"mcp {name}: the client closed its stream: cancelled")
+            self._log_cancelled(name, started, " (the client closed its stream)")
             return _error(INTERNAL_ERROR, "the client disconnected", {"function": name})
         return result
+
+    def _log_cancelled(self, name: str, started: float, why: str) -> None:
+        """Log a call that was cancelled (a finished one is logged by its own path)."""
+        if self.log is not None:
+            ms = (time.perf_counter() - started) * 1e3
+            self.log(f"mcp {name} cancelled after {ms:.1f}ms{why}")
 
     async def _dispatch(
         self, ctx: _Context, name: str, arguments: dict[str, Any]

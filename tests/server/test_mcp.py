@@ -323,6 +323,28 @@ async def test_cancelling_generate_leaves_the_model_usable(
     assert out["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 2
 
 
+async def test_a_cancelled_call_is_logged(
+    server: Server, models_dir: Path, abi: str, era: str
+) -> None:
+    """A generate or rkllm_run the client cancels mid-stream leaves a log line (tool,
+    time), as a finished one does; it used to leave no trace at all."""
+    lines: list[str] = []
+    catalog = ModelCatalog(scan_models_dir(models_dir), runtime="fake", abi=abi)
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            face = McpFace(server, engine=ChatEngine(catalog), catalog=catalog, log=lines.append)
+            async with Client(face.mcp, mode=era) as client:
+                args = {"model": "slow", "prompt": "Go on", "max_new_tokens": 500}
+                await cancel_on_first_progress(client, "generate", args)
+                handle = await load(client, "slow.json")
+                run = {"handle": handle, "rkllm_input": PROMPT}
+                await cancel_on_first_progress(client, "rkllm_run", run)
+                await wait_for(lambda: len([x for x in lines if "cancelled" in x]) == 2)
+    cancelled = [x for x in lines if "cancelled" in x]
+    assert re.fullmatch(r"mcp generate cancelled after [\d.]+ms", cancelled[0]), cancelled
+    assert re.fullmatch(r"mcp rkllm_run cancelled after [\d.]+ms", cancelled[1]), cancelled
+
+
 async def test_async_runs_are_driven_for_the_connection(face: McpFace, era: str) -> None:
     """rkllm_run_async answers at once; rkllm_get_run_results fetches the whole reply: the
     connection's task group drives the run between calls."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from rkllm_sdk import _native
 from rkllm_sdk._ffi.loader import load_runtime
 from rkllm_sdk.server import Connection, Server, ServerConfig
+from rkllm_sdk.server.http import HttpFace, bind, serve_http
 from rkllm_sdk.server.transports import open_tcp, serve_listener
 from rkllm_sdk.testing import FakeModel
 
@@ -148,3 +151,22 @@ async def wait_until_idle(server: Server, abi: str, baseline: int) -> None:
             if idle and live_handles(abi) == baseline:
                 return
             await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running(face: HttpFace) -> AsyncIterator[str]:
+    """``face`` served by uvicorn on 127.0.0.1 (a free port) in this event loop (asyncio:
+    uvicorn); its ``host:port``. Leaving stops it (and its lifespans)."""
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    ready = anyio.Event()
+
+    async def started() -> None:
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve_http, face, sock, started=started))
+        with anyio.fail_after(DEADLINE_S):
+            await ready.wait()
+        yield f"127.0.0.1:{port}"
+        tg.cancel_scope.cancel()

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,9 @@ from rkllm_sdk import AsyncLLM
 from rkllm_sdk.cli._common import UsageError
 from rkllm_sdk.cli.serve import check_binds
 from rkllm_sdk.server import Server
-from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.http import HttpConfig, HttpFace, bind
 
-from .conftest import DEADLINE_S, live_handles, wait_until_idle
+from .conftest import DEADLINE_S, live_handles, running, wait_until_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -42,24 +40,6 @@ KEY = "s3cret-key"
 def anyio_backend() -> str:
     """uvicorn runs on asyncio only."""
     return "asyncio"
-
-
-@asynccontextmanager
-async def running(face: HttpFace) -> AsyncIterator[str]:
-    """``face`` served by uvicorn on 127.0.0.1 (a free port); its base URL."""
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    ready = anyio.Event()
-
-    async def started() -> None:
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve_http, face, sock, started=started))
-        with anyio.fail_after(DEADLINE_S):
-            await ready.wait()
-        yield f"127.0.0.1:{port}"
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from starlette.routing import Route
 from rkllm_sdk.server import Server
 from rkllm_sdk.server.http import HttpConfig, HttpFace
 
-from .conftest import DEADLINE_S
-from .test_http import running
+from .conftest import DEADLINE_S, running
 
 pytestmark = pytest.mark.anyio
 

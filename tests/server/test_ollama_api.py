@@ -24,7 +24,7 @@ import pytest
 from rkllm_sdk.server import Server, ServerConfig
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
-from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.http import HttpConfig, HttpFace
 from rkllm_sdk.server.model_specs import ModelSpec, parse_model_option
 from rkllm_sdk.server.ollama_api import ollama_routes
 from rkllm_sdk.server.ollama_wire import (
@@ -37,7 +37,7 @@ from rkllm_sdk.server.ollama_wire import (
 from rkllm_sdk.server.openai_api import openai_routes
 from rkllm_sdk.testing import FakeModel, Faults, tool_call_reply
 
-from .conftest import DEADLINE_S
+from .conftest import DEADLINE_S, running
 
 KEY = "ha-secret"
 CHAT = "qwen2.5:latest"  # named as Home Assistant's model picker writes a tag
@@ -282,24 +282,15 @@ async def serving(
     face.add(ollama_routes(engine, face.authorized, log=log_line))
     if with_openai:
         face.add(openai_routes(engine, face.authorized))
-    sock = bind("127.0.0.1", 0)
-    ready = anyio.Event()
-
-    async def started() -> None:
-        ready.set()
-
-    served = Served(f"http://127.0.0.1:{sock.getsockname()[1]}", catalog)
-    async with catalog.lifespan(), anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve_http, face, sock, started=started))
-        with anyio.fail_after(DEADLINE_S):
-            await ready.wait()
+    face.add([], lifespan=catalog.lifespan)
+    async with running(face) as where:
+        served = Served(f"http://{where}", catalog)
         try:
             yield served
         finally:
             with anyio.CancelScope(shield=True):
                 for made in served.clients:
                     await made.close()
-            tg.cancel_scope.cancel()
 
 
 async def collect(parts: AsyncIterator[ollama.ChatResponse]) -> list[ollama.ChatResponse]:

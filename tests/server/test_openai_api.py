@@ -8,7 +8,6 @@ import json
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from rkllm_sdk.server import Server, ServerConfig
 from rkllm_sdk.server.catalog import ModelCatalog, ModelNotFoundError, QueueFullError
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.chat_types import RequestError
-from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.http import HttpConfig, HttpFace
 from rkllm_sdk.server.model_specs import parse_model_option, scan_models_dir
 from rkllm_sdk.server.openai_api import openai_routes
 from rkllm_sdk.server.openai_wire import (
@@ -39,7 +38,7 @@ from rkllm_sdk.server.openai_wire import (
 )
 from rkllm_sdk.testing import FakeModel, Faults, tool_call_reply
 
-from .conftest import DEADLINE_S
+from .conftest import DEADLINE_S, running
 
 pytestmark = pytest.mark.anyio
 
@@ -419,22 +418,12 @@ async def serving(
     log_line = None if log is None else log.append
     routes = openai_routes(ChatEngine(catalog), face.authorized, ping_s=ping_s, log=log_line)
     face.add(routes, lifespan=catalog.lifespan)
-    sock = bind("127.0.0.1", 0)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    ready = anyio.Event()
     handles = fake_stats(abi)["live_handles"]
-
-    async def started() -> None:
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve_http, face, sock, started=started))
-        with anyio.fail_after(DEADLINE_S):
-            await ready.wait()
+    async with running(face) as where:
+        base = f"http://{where}/v1"
         client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0, timeout=DEADLINE_S)
         async with client:
             yield client, catalog, base
-        tg.cancel_scope.cancel()
     assert fake_stats(abi)["live_handles"] == handles  # every model unloaded
 
 

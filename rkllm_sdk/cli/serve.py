@@ -3,8 +3,10 @@ as MCP tools (``--mcp-stdio``, ``/mcp``), and named models behind the OpenAI and
 
 Logs one line per request to stderr (stdout belongs to the protocol in ``--stdio`` and
 ``--mcp-stdio`` modes).
-SIGTERM (or Ctrl-C) stops taking new runs, lets the runs in progress finish (up to the
-drain timeout), closes every connection (their handles are destroyed) and exits 0.
+SIGTERM (or Ctrl-C) stops taking new runs and named-model requests (OpenAI, Ollama, MCP's
+``generate`` / ``chat``: refused as busy, to retry), lets those in progress or already queued
+finish (up to the drain timeout, shared), closes every connection (their handles are
+destroyed) and exits 0.
 
 Binds nothing but loopback unless told: a non-loopback ``--http`` needs an API key
 (``--api-key``, ``--api-key-file`` or ``RKLLM_API_KEY``), a non-loopback ``--tcp`` (which
@@ -282,16 +284,24 @@ async def _serve_all(
                     tg.cancel_scope.cancel()  # our one client has gone: so do we
 
             tg.start_soon(stdio_then_stop)
-        tg.start_soon(_signals, server, tg.cancel_scope)
+        tg.start_soon(_signals, server, faces.catalog if faces else None, tg.cancel_scope)
 
 
-async def _signals(server: Server, scope: anyio.CancelScope) -> None:
+async def _signals(server: Server, catalog: ModelCatalog | None, scope: anyio.CancelScope) -> None:
+    """On SIGTERM or SIGINT: drain the proxy's runs and the named models' requests (one
+    drain timeout for both), then cancel ``scope``."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:
-            _log(f"{signal.Signals(signum).name}: draining runs, then exiting")
-            server.sessions.draining = True
+            _log(f"{signal.Signals(signum).name}: draining runs and requests, then exiting")
+            server.sessions.draining = True  # /health says 503 "draining" from now on
+            if catalog is not None:
+                catalog.draining = True
+            deadline = anyio.current_time() + server.config.drain_timeout_s
             if not await server.sessions.wait_idle(server.config.drain_timeout_s):
                 _log("runs still going after the drain timeout: aborting them")
+            left = max(0.0, deadline - anyio.current_time())
+            if catalog is not None and not await catalog.wait_idle(left):
+                _log("model requests still going after the drain timeout: aborting them")
             scope.cancel()
             return
 

@@ -27,6 +27,9 @@ time:
   models; :attr:`ModelInfo.expires_at` shows the deadline.
 - **counters**: per model (:class:`~.catalog_metrics.ModelCounters`), as Prometheus text by
   :meth:`ModelCatalog.metrics_text`.
+- **draining** (:attr:`ModelCatalog.draining`, set by ``rkllm serve`` on SIGTERM): new
+  requests get :class:`DrainingError` at once; those running and those already waiting are
+  served to the end. :meth:`ModelCatalog.wait_idle` waits until none is left.
 - **closing** (the end of :meth:`ModelCatalog.lifespan`, or :meth:`ModelCatalog.aclose`):
   waiting requests get :class:`~rkllm_sdk.errors.ClosedError`, running ones have their
   handle closed under them, every handle is destroyed, later requests are refused.
@@ -56,6 +59,7 @@ from .model_specs import ModelSpec, with_tag
 from .templates import ChatTemplate, load_template
 
 __all__ = [
+    "DrainingError",
     "Loaded",
     "ModelCatalog",
     "ModelInfo",
@@ -94,6 +98,38 @@ class QueueFullError(RuntimeError):
         )
         self.model = model
         self.retry_after_s = retry_after_s
+
+
+#: The ``retry_after_s`` of :class:`DrainingError`: long enough for a restart to begin,
+#: short enough that a client with retries (the OpenAI SDKs: two) still tries a new process.
+DRAIN_RETRY_AFTER_S = 5.0
+
+
+class DrainingError(QueueFullError):
+    """The server is shutting down (:attr:`ModelCatalog.draining`): it takes no new requests.
+
+    A :class:`QueueFullError`, so every face answers it as it answers a busy model: OpenAI
+    429 and Ollama 503, both with ``Retry-After``; MCP the proxy's BusyError code with
+    ``retry_after_s``. That is an answer clients and load balancers already retry: the
+    OpenAI SDKs retry a 429 after ``Retry-After``, a balancer can resend a refused request
+    to another backend (nginx's ``proxy_next_upstream http_429 http_503``) and takes this
+    one out as ``/health`` answers 503 "draining". ClosedError would be a 410 Gone (OpenAI)
+    or a 500 (Ollama), read as final or as a bug. The refused request did nothing, so
+    retrying it is safe.
+
+    Attributes:
+        model: the model's name.
+        retry_after_s: :data:`DRAIN_RETRY_AFTER_S`.
+    """
+
+    def __init__(self, model: str) -> None:
+        RuntimeError.__init__(
+            self,
+            f"the server is shutting down and takes no new requests for model {model!r}: "
+            f"retry in {math.ceil(DRAIN_RETRY_AFTER_S)} s (or on another server)",
+        )
+        self.model = model
+        self.retry_after_s = DRAIN_RETRY_AFTER_S
 
 
 # ---- what the catalog reports ---------------------------------------------------------------
@@ -238,6 +274,9 @@ class ModelCatalog:
         self._evict_waiters: set[int] = set()  # seqs of loads waiting for an idle model
         self._changed = anyio.Event()  # set (and replaced) when a model may have gone idle
         self._closed = False
+        #: Refuse new requests (:class:`DrainingError`) and serve those running or waiting:
+        #: set on SIGTERM, then :meth:`wait_idle`.
+        self.draining = False
 
     # ---- lookups ---------------------------------------------------------------------------
 
@@ -327,6 +366,7 @@ class ModelCatalog:
         Raises:
             ModelNotFoundError: no such model.
             QueueFullError: ``max_queue`` requests already wait for it (raised at once).
+            DrainingError: the catalog is draining (raised at once).
             ClosedError: the catalog is closing.
             ValueError: ``keep_alive_s`` is NaN.
             RuntimeNotFoundError, ModelLoadError, InvalidParamsError, TemplateError: the
@@ -354,6 +394,9 @@ class ModelCatalog:
         """Wait (FIFO) until ``slot`` is ours; counts the request as running."""
         if self._closed:
             raise ClosedError("the model catalog is closed")
+        if self.draining:
+            slot.counters.rejected += 1
+            raise DrainingError(slot.spec.name)
         if slot.busy or slot.waiters or self._held_back(seq):
             if len(slot.waiters) >= self.max_queue:
                 slot.counters.rejected += 1
@@ -368,9 +411,11 @@ class ModelCatalog:
                     slot.busy = False
                     slot.counters.running -= 1
                     self._dispatch()
+                    self._notify()
                 elif not ticket.closed:  # still in the queue
                     slot.waiters.remove(ticket)
                     slot.counters.queued -= 1
+                    self._notify()  # for wait_idle
                 raise
             if ticket.closed:
                 raise ClosedError("the model catalog is closed")
@@ -587,6 +632,25 @@ class ModelCatalog:
                 pass
             for slot in self._slots.values():
                 await self._close_handle(slot, "closing")
+
+    @property
+    def idle(self) -> bool:
+        """Whether no request holds a model or waits for one."""
+        return not any(slot.counters.running or slot.waiters for slot in self._slots.values())
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request holds a model or waits for one (True), or ``timeout_s``
+        passes (False). Set :attr:`draining` first, or new requests may keep it busy.
+
+        >>> catalog.draining = True  # doctest: +SKIP
+        >>> await catalog.wait_idle(30.0)  # doctest: +SKIP
+        True
+        """
+        with anyio.move_on_after(timeout_s):
+            while not self.idle:
+                await self._changed.wait()  # set as each turn ends or a waiter leaves
+            return True
+        return False
 
     # ---- metrics ---------------------------------------------------------------------------
 

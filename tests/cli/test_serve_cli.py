@@ -351,3 +351,52 @@ def test_the_fake_names_its_demo_model_only_where_it_is_served(tmp_path: Path) -
     done = rkllm("serve", "--mcp-stdio", stdin="")  # no runtime: the demo model is served
     assert "its demo model is demo-model (demo-model.json)" in done.stderr
     assert "named models: demo-model:latest" in done.stderr
+
+
+def test_sigterm_lets_a_streaming_chat_finish_and_refuses_new_ones(
+    abi: str, tmp_path: Path
+) -> None:
+    """SIGTERM during a streaming OpenAI chat: the chat streams to its end (the client gets
+    the whole reply and ``[DONE]``), while a new request is refused at once as busy (429
+    with Retry-After, to retry elsewhere or later) and /health says 503 "draining"; then
+    the server exits 0. (Named-model requests were cut short, their clients left with no
+    reply.)"""
+    # 16 tokens, 80 ms each: the refusal and /health below happen while it streams.
+    reply = "Every word of this reply reaches the client, though the server is stopping."
+    FakeModel(replies={"Hello": reply}, decode_ms=80).write(tmp_path / "slow.json")
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--http", "127.0.0.1:0"]
+    cmd += ["--runtime", "fake", "--abi", abi, "--models-dir", str(tmp_path)]
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env()) as proc:
+        try:
+            assert proc.stderr
+            port = _listening_port(proc)
+            body = {"model": "slow", "messages": [{"role": "user", "content": "Hello"}]}
+            url = f"http://127.0.0.1:{port}"
+            streamed = {**body, "stream": True}
+            with (
+                httpx.Client(base_url=url, timeout=DEADLINE_S) as c,
+                c.stream("POST", "/v1/chat/completions", json=streamed) as r,
+            ):
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                events = [next(line for line in lines if line.startswith("data: "))]
+                proc.send_signal(signal.SIGTERM)  # mid-stream: the first delta is out
+                while "SIGTERM" not in (said := proc.stderr.readline().decode()):
+                    assert said, "the server ended without a word on SIGTERM"
+                refused = c.post("/v1/chat/completions", json=body)
+                assert refused.status_code == 429, refused.text
+                assert int(refused.headers["Retry-After"]) >= 1
+                assert "shutting down" in refused.json()["error"]["message"]
+                health = c.get("/health")
+                assert health.status_code == 503 and health.json()["status"] == "draining"
+                events += [line for line in lines if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+            text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
+            assert text == reply
+            assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+            proc.wait(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:  # a failed assertion: do not wait forever
+                proc.kill()
+    assert proc.returncode == 0

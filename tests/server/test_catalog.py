@@ -1,5 +1,5 @@
 """The model catalog: options and scans, first-use loads, FIFO turns, bounded queues,
-LRU swaps, keep-alives, failures, cancellation, metrics and shutdown (fake runtime)."""
+LRU swaps, keep-alives, failures, cancellation, metrics, draining and shutdown (fake runtime)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rkllm_sdk import AsyncLLM, ExtendParams, ModelParams, _native
 from rkllm_sdk.errors import ClosedError, ModelLoadError
-from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError, QueueFullError
+from rkllm_sdk.server.catalog import (
+    DrainingError,
+    Loaded,
+    ModelCatalog,
+    ModelNotFoundError,
+    QueueFullError,
+)
 from rkllm_sdk.server.model_specs import ModelSpec, parse_model_option, scan_models_dir
 from rkllm_sdk.server.templates import ChatTemplate
 from rkllm_sdk.testing import FakeModel, Faults, last_input
@@ -915,3 +921,82 @@ async def test_lifespan_exit_unloads_everything(specs: dict[str, ModelSpec], abi
             async with catalog.use("a"):
                 pass
         assert live_handles(abi) == baseline
+
+
+# ---- draining -----------------------------------------------------------------------------
+
+
+async def test_draining_refuses_new_requests_and_serves_the_accepted_ones(
+    specs: dict[str, ModelSpec], abi: str
+) -> None:
+    """Once draining, a new request gets DrainingError at once (a QueueFullError, so every
+    face answers it as busy, with a retry hint), for a free model too; the request running
+    and the one already waiting are served to the end, and wait_idle then says True."""
+    catalog = catalog_of(specs, abi, max_loaded=2)
+    order: list[str] = []
+    idle: list[bool] = []
+    release = anyio.Event()
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan(), anyio.create_task_group() as tg:
+            assert await catalog.wait_idle(0.0) and catalog.idle
+            tg.start_soon(hold, catalog, "a", "running", order, release)
+            await wait_for(lambda: order == ["running"])
+            tg.start_soon(hold, catalog, "a", "waiting", order, release)
+            await wait_for(lambda: catalog.counters("a").queued == 1)
+            catalog.draining = True
+            for name in ("a", "b"):
+                started = time.monotonic()
+                with pytest.raises(DrainingError) as info:
+                    async with catalog.use(name):
+                        pytest.fail("a draining catalog takes no new request")
+                assert time.monotonic() - started < 1.0
+                assert isinstance(info.value, QueueFullError)
+                assert info.value.model == f"{name}:latest" and info.value.retry_after_s >= 1
+                assert "shutting down" in str(info.value)
+            assert not catalog.idle
+
+            async def drain() -> None:
+                idle.append(await catalog.wait_idle(DEADLINE_S))
+
+            tg.start_soon(drain)
+            await settle()
+            assert idle == []
+            release.set()
+            await wait_for(lambda: idle == [True])
+        assert order == ["running", "waiting"] and catalog.idle
+        assert [catalog.counters(n).rejected for n in ("a", "b")] == [1, 1]
+        assert catalog.counters("a").requests == 2 and catalog.counters("b").loads == 0
+
+
+async def test_wait_idle_times_out_and_sees_a_waiter_leave(
+    specs: dict[str, ModelSpec], abi: str
+) -> None:
+    """wait_idle returns False when its timeout passes with a request running; a waiting
+    request cancelled (its client gone) counts as gone, the running one as it ends."""
+    catalog = catalog_of(specs, abi)
+    order: list[str] = []
+    release = anyio.Event()
+
+    async def cancellable(scope: anyio.CancelScope) -> None:
+        with scope:
+            await hold(catalog, "a", "cancelled", order, release)
+
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan(), anyio.create_task_group() as tg:
+            tg.start_soon(hold, catalog, "a", "held", order, release)
+            await wait_for(lambda: order == ["held"])
+            scope = anyio.CancelScope()
+            tg.start_soon(cancellable, scope)
+            await wait_for(lambda: catalog.counters("a").queued == 1)
+            catalog.draining = True
+            started = time.monotonic()
+            assert not await catalog.wait_idle(0.05)
+            assert time.monotonic() - started >= 0.04
+            scope.cancel()
+            await wait_for(lambda: catalog.counters("a").queued == 0)
+            assert not catalog.idle  # "held" still runs
+            release.set()
+            assert await catalog.wait_idle(DEADLINE_S)
+        assert order == ["held"]
+        counters = catalog.counters("a")
+        assert (counters.queued, counters.running, counters.rejected) == (0, 0, 0)

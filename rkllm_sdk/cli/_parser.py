@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and X-RKLLM-Session header, until idle). MCP (tools generate, chat and one per "
         "function) on stdio (--mcp-stdio) and at /mcp on the HTTP port, with the OpenAI "
         "(/v1) and Ollama (/api) APIs for the named models (--model, --models-dir). SIGTERM "
-        "drains JSON-RPC runs (named-model requests are cut short), then exits 0. "
+        "lets running and queued runs and requests finish (new ones are refused as busy), "
+        "then exits 0. "
         "Environment: RKLLM_API_KEY.",
     )
     spawned = p.add_mutually_exclusive_group()

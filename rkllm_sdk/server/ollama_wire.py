@@ -31,7 +31,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from ..errors import GenerationError, InvalidParamsError
-from .catalog import ModelNotFoundError, QueueFullError
+from .catalog import DrainingError, ModelNotFoundError, QueueFullError
 from .chat_types import ChatDone, ChatRequest, RequestError
 
 __all__ = [
@@ -139,7 +139,8 @@ def error_for(exc: Exception, model: str, context_len: int | None = None) -> Oll
         return not_found(model)
     if isinstance(exc, QueueFullError):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
-        return OllamaError(503, BUSY_MESSAGE, {"Retry-After": retry})
+        message = str(exc) if isinstance(exc, DrainingError) else BUSY_MESSAGE
+        return OllamaError(503, message, {"Retry-After": retry})
     if isinstance(exc, (RequestError, InvalidParamsError)):
         return bad_request(str(exc))
     return None

@@ -22,14 +22,16 @@ import openai
 import pytest
 
 from rkllm_sdk.server import Server, ServerConfig
-from rkllm_sdk.server.catalog import ModelCatalog
+from rkllm_sdk.server.catalog import DrainingError, ModelCatalog, QueueFullError
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace
 from rkllm_sdk.server.model_specs import ModelSpec, parse_model_option
 from rkllm_sdk.server.ollama_api import ollama_routes
 from rkllm_sdk.server.ollama_wire import (
+    BUSY_MESSAGE,
     OllamaError,
     chat_request,
+    error_for,
     generate_request,
     normalise_messages,
     parse_keep_alive,
@@ -94,6 +96,17 @@ def test_keep_alive_refuses_what_is_no_duration(value: object) -> None:
     with pytest.raises(OllamaError, match="keep_alive") as caught:
         parse_keep_alive(value)
     assert caught.value.status == 400
+
+
+def test_busy_and_shutting_down_are_503_with_retry_after() -> None:
+    """A full queue is Ollama's own busy text; a server shutting down says so (both 503
+    with Retry-After, which clients and balancers retry)."""
+    busy = error_for(QueueFullError("m:latest", 4, 2.2), "m")
+    assert busy is not None
+    assert (busy.status, busy.message, busy.headers) == (503, BUSY_MESSAGE, {"Retry-After": "3"})
+    draining = error_for(DrainingError("m:latest"), "m")
+    assert draining is not None and draining.status == 503
+    assert "shutting down" in draining.message and draining.headers == {"Retry-After": "5"}
 
 
 def test_home_assistant_body_becomes_one_engine_request() -> None:

@@ -111,11 +111,25 @@ class ChatRequest:
 
 @attrs.frozen(kw_only=True)
 class ChatDelta:
-    """A piece of the reply, in order: visible text, reasoning, or finished tool calls."""
+    """A piece of the reply, in order: visible text, reasoning, or finished tool calls.
+
+    One chunk of the run (usually one token) gives at most one content delta and one
+    reasoning delta.
+
+    Attributes:
+        tokens: generated tokens this delta counts, each token once: those since the
+            previous delta (those that showed nothing too: think tags, a tool-call block),
+            but while text is held back (it might start a stop string) the newest one, which
+            the delta releasing that text counts. Summed over the deltas so far: the tokens
+            generated so far (one fewer while text is held back). Of one chunk's deltas the
+            last counts them; it counts at least one unless its text starts a token whose
+            rest is held back.
+    """
 
     content: str = ""
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    tokens: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -33,9 +33,9 @@ JSON-RPC error object the proxy would have answered (``code``, ``message``, ``da
 
 Streaming: when the caller sends a progress token, every chunk of a run goes out as a
 ``notifications/progress`` as soon as it is produced (``message``: the new text;
-``progress``: tokens so far, for ``generate`` and ``chat`` the engine's pieces of text so
-far, which are not tokens: a token's text held back at a possible stop string comes as
-two pieces); the result then holds the whole text, finish reason and perf.
+``progress``: tokens generated so far; for ``generate`` and ``chat`` the engine's count,
+:attr:`~.chat_types.ChatDelta.tokens`: text held back at a possible stop string comes with
+a later token); the result then holds the whole text, finish reason and perf.
 Cancelling the request cancels the handler, which aborts the run on the NPU.
 
 Who owns the handles a client creates with ``rkllm_init``:
@@ -701,17 +701,23 @@ class McpFace:
             data = {"type": "InvalidParamsError", "path": exc.path, "function": name}
             return _error(INVALID_PARAMS, f"Invalid params: {exc}", data)
         done: ChatDone | None = None
-        pieces = 0
+        tokens = reported = 0
+        text = ""
         try:
             async with contextlib.aclosing(self.engine.chat(request)) as events:
                 async for event in events:
                     if isinstance(event, ChatDone):
                         done = event
                         continue
-                    text = event.reasoning + event.content
-                    if text:
-                        pieces += 1
-                        await ctx.session.report_progress(pieces, None, text)
+                    tokens += event.tokens
+                    text += event.reasoning + event.content
+                    # Progress must increase: text of a delta that counts no token (another
+                    # of the same chunk follows at once) goes with the next one.
+                    if text and tokens > reported:
+                        await ctx.session.report_progress(tokens, None, text)
+                        reported, text = tokens, ""
+            if text:  # text counting no token at the very end (not with the runtime's chunks)
+                await ctx.session.report_progress(max(tokens, reported + 1), None, text)
         except (ModelNotFoundError, QueueFullError, RequestError, TemplateError, RKLLMError) as exc:
             return _engine_error(exc, name)
         if done is None:  # the engine always ends with ChatDone: a bug of ours

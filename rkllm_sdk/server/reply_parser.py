@@ -7,8 +7,10 @@ closes, the rest as ``content``. It finds stop strings across chunks (holding ba
 could start one) and a generated-token limit, and sets :attr:`ReplyParser.finish` there so
 the engine pauses the run. While tools are shown, content that starts like JSON is held back
 and, when the run ends, becomes tool calls if it is bare JSON naming a shown tool (Llama 3's
-format), else content. ``raw`` keeps every chunk's text, shown or not: what the KV cache
-holds.
+format), else content. One chunk (or the end) gives at most one delta of each kind in a row:
+held-back text comes together with the chunk's own, the last delta counting the tokens
+(:attr:`~.chat_types.ChatDelta.tokens`). ``raw`` keeps every chunk's text, shown or not:
+what the KV cache holds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
+
+import attrs
 
 from ..results import Chunk, ToolCall
 from .chat_types import ChatDelta
@@ -61,6 +65,7 @@ class ReplyParser:
         self.tool_calls: list[ToolCall] = []
         self.tokens = 0
         self.shown_tokens = 0
+        self._untold = 0  # tokens shown but not yet counted by a delta (ChatDelta.tokens)
         self.finish: Literal["stop", "length"] | None = None
         self.pause_requested = False
         #: Every generated token's text was delivered (none left pending at the end).
@@ -78,6 +83,7 @@ class ReplyParser:
         if self.finish is not None:
             return []
         self.shown_tokens = self.tokens
+        self._untold += len(chunk.token_ids)
         out: list[ChatDelta] = []
         if self._tools and (chunk.in_tool_call or chunk.tool_calls):
             out += self._flush()
@@ -92,7 +98,7 @@ class ReplyParser:
         if self.finish is None and self._limit is not None and self.tokens >= self._limit:
             out += self._flush()
             self.finish = "length"
-        return out
+        return self._deliver(out)
 
     def end(self) -> list[ChatDelta]:
         """The run has ended: what was held back (it did not start a stop string), and a
@@ -107,6 +113,26 @@ class ReplyParser:
             else:
                 self.content.append(text)
                 out.append(ChatDelta(content=text))
+        return self._deliver(out)
+
+    def _deliver(self, deltas: Sequence[ChatDelta]) -> list[ChatDelta]:
+        """``deltas`` (one chunk's, or the end's) with consecutive text of one kind merged,
+        the last counting the tokens not yet counted: all of them, but for the newest while
+        text is held back (the delta that releases it counts that one)."""
+        out: list[ChatDelta] = []
+        for d in deltas:
+            last = out[-1] if out else None
+            if last is not None and _kind(last) == _kind(d) != "tool_calls":
+                out[-1] = attrs.evolve(
+                    last, content=last.content + d.content, reasoning=last.reasoning + d.reasoning
+                )
+            else:
+                out.append(d)
+        if out:
+            held_back = bool(self._held) or self._json is not None
+            told = max(self._untold - (1 if held_back else 0), 0)
+            self._untold -= told
+            out[-1] = attrs.evolve(out[-1], tokens=told)
         return out
 
     def _split(self, text: str) -> list[tuple[str, str]]:
@@ -194,6 +220,10 @@ class ReplyParser:
                     self.content.append(text)
                     out.append(ChatDelta(content=text))
         return out
+
+
+def _kind(delta: ChatDelta) -> str:
+    return "tool_calls" if delta.tool_calls else "reasoning" if delta.reasoning else "content"
 
 
 def _bare_tool_calls(text: str, names: frozenset[str], *, first_index: int) -> list[ToolCall]:

@@ -13,13 +13,14 @@ from typing import Any
 import anyio
 import pytest
 
-from rkllm_sdk import ModelParams
+from rkllm_sdk import Chunk, ModelParams
 from rkllm_sdk.errors import ClosedError, GenerationError
 from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest, RequestError
 from rkllm_sdk.server.kv_reuse import CACHE_SUBDIR, KVRecord
 from rkllm_sdk.server.model_specs import ModelSpec
+from rkllm_sdk.server.reply_parser import ReplyParser
 from rkllm_sdk.testing import FakeModel, Faults, kv_text, last_input, tool_call_reply
 
 from .conftest import DEADLINE_S
@@ -177,6 +178,40 @@ async def test_streaming_order(tmp_path: Path, abi: str) -> None:
                         assert "".join(seen) == item.content == "one two three four five six"
         assert running_at_first
         assert len(seen) > 3
+
+
+async def test_one_delta_per_kind_per_token_counting_the_tokens(
+    tmp_path: Path, abi: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thinking reply under the template's end-of-turn hold-back: each chunk (one token)
+    gives at most one reasoning and one content delta (held-back text comes with the token
+    that releases it, no longer as one delta per held piece), the text is the reply's, in
+    order, and the deltas' token counts add up to the completion tokens."""
+    per_chunk: list[list[ChatDelta]] = []
+    feed = ReplyParser.feed
+
+    def recording(self: ReplyParser, chunk: Chunk) -> list[ChatDelta]:
+        out = feed(self, chunk)
+        per_chunk.append(out)
+        return out
+
+    monkeypatch.setattr(ReplyParser, "feed", recording)
+    reply = "<think>Let me think.</think>Hello world, nice to see you!"
+    model = FakeModel(replies={"Hello": reply})
+    async with harness(tmp_path, abi, model, template="qwen3") as h:
+        items = await h.chat(user("Hello"))
+    done = items[-1]
+    assert isinstance(done, ChatDone)
+    ds = deltas(items)
+    assert done.reasoning == "Let me think." and done.content == "Hello world, nice to see you!"
+    assert "".join(d.reasoning for d in ds) == done.reasoning
+    assert "".join(d.content for d in ds) == done.content
+    assert len(per_chunk) > 10
+    for out in per_chunk:
+        assert len([d for d in out if d.content]) <= 1 and len([d for d in out if d.reasoning]) <= 1
+    assert len(ds) <= len(per_chunk) + 1  # one per token at most, and the end's drain
+    assert sum(d.tokens for d in ds) == done.completion_tokens
+    assert all(d.tokens >= 1 for d in ds)  # no chunk here gives two deltas
 
 
 async def test_raw_prompt_sent_as_is(tmp_path: Path, abi: str) -> None:

@@ -34,8 +34,9 @@ from rkllm_sdk.server.mcp_server import (
     _StdinLines,
     tool_name,
 )
-from rkllm_sdk.server.model_specs import scan_models_dir
+from rkllm_sdk.server.model_specs import ModelSpec, scan_models_dir
 from rkllm_sdk.server.registry import REGISTRY
+from rkllm_sdk.testing import FakeModel
 
 from .conftest import DEADLINE_S, live_handles
 
@@ -221,6 +222,45 @@ async def test_generate_streams_chunks_before_the_result_in_order(face: McpFace,
     assert out["usage"]["completion_tokens"] > 0 and out["perf"]["total_ms"] > 0
     progress.check(out["text"])
     assert len(progress.got) > 1  # one notification per piece, not one at the end
+
+
+async def test_progress_counts_the_tokens_generated(
+    server: Server, tmp_path: Path, abi: str, era: str
+) -> None:
+    """generate and chat report progress = tokens generated so far (issue #14): strictly
+    increasing, the last equal to usage.completion_tokens, the messages spelling out the
+    reasoning then the text; a thinking reply under the template's end-of-turn hold-back
+    (text released with a later token), and a reply cut by max_new_tokens."""
+    reply = "<think>Let me think.</think>Hello world, nice to see you!"
+    specs = [
+        ModelSpec(
+            name="think:latest",
+            path=FakeModel(replies={"Hello": reply}).write(tmp_path / "think.json"),
+            template="qwen3",
+        ),
+        ModelSpec(
+            name="long:latest",
+            path=FakeModel(natural_end=False).write(tmp_path / "long.json"),
+            template="qwen2.5",
+        ),
+    ]
+    catalog = ModelCatalog(specs, runtime="fake", abi=abi)
+    calls = [
+        ("chat", {"model": "think", "messages": [{"role": "user", "content": "Hello"}]}),
+        ("generate", {"model": "think", "prompt": "Hello"}),
+        ("generate", {"model": "long", "prompt": "Go", "max_new_tokens": 7}),
+    ]
+    with anyio.fail_after(DEADLINE_S):
+        async with catalog.lifespan():
+            face = McpFace(server, engine=ChatEngine(catalog), catalog=catalog)
+            async with Client(face.mcp, mode=era) as client:
+                for tool, args in calls:
+                    progress = Progress()
+                    out = structured(await client.call_tool(tool, args, progress_callback=progress))
+                    progress.check(out["reasoning"] + out["text"])
+                    assert progress.got[-1][0] == out["usage"]["completion_tokens"] > 1
+                    assert len(progress.got) > 1
+    assert out["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 7
 
 
 async def test_chat_answers_a_conversation(face: McpFace, era: str) -> None:

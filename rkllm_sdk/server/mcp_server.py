@@ -58,10 +58,8 @@ import contextlib
 import contextvars
 import datetime as dt
 import json
-import os
 import re
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -69,10 +67,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
-import anyio.from_thread
-import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server as LowLevelServer
@@ -94,6 +89,7 @@ from .outbox import Outbox, dumps
 from .registry import Peer
 from .schema import Schema, boolean, integer, number, obj, string
 from .sessions import Sessions
+from .transports import FdReader
 from .wire import ParamsError
 
 if TYPE_CHECKING:
@@ -353,56 +349,36 @@ class _StdinLines:
     """The lines of a file descriptor (without their newline), for the ``mcp`` package's
     stdio server.
 
-    A daemon thread reads: a blocked read neither delays a cancellation nor, as a worker
-    thread would, the interpreter's exit (SIGTERM while the client is silent). A line
-    longer than ``max_bytes`` is dropped as it comes and replaced by an empty one (which
-    the server rejects as not JSON): memory stays bounded.
+    :class:`~.transports.FdReader` reads (a daemon thread, as for the JSON-RPC ``--stdio``):
+    a blocked read neither delays a cancellation nor, as a worker thread would, the
+    interpreter's exit (SIGTERM while the client is silent). A line longer than
+    ``max_bytes`` is dropped as it comes and replaced by an empty one (which the server
+    rejects as not JSON): memory stays bounded.
     """
 
     def __init__(self, fd: int, max_bytes: int) -> None:
         self.fd = fd
         self.max_bytes = max_bytes
 
-    def _reader(
-        self, chunks: MemoryObjectSendStream[bytes], token: anyio.lowlevel.EventLoopToken
-    ) -> None:
-        """The thread: read until EOF (b"" sent), or until nobody listens."""
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                data = b""
-            try:
-                anyio.from_thread.run(chunks.send, data, token=token)
-            except Exception:  # the reader has gone, or the event loop has ended
-                return
-            if not data:
-                return
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        send, receive = anyio.create_memory_object_stream[bytes](4)
-        token = anyio.lowlevel.current_token()
-        thread = threading.Thread(
-            target=self._reader, args=(send, token), name="rkllm-mcp-stdin", daemon=True
-        )
-        thread.start()
         pending = bytearray()
         dropping = False
-        with send:  # closed when iteration ends: the thread's next send fails, it stops
-            async with receive:
-                async for data in receive:
-                    if not data:
-                        break
-                    pending += data
-                    while (end := pending.find(b"\n")) >= 0:
-                        too_long = dropping or end > self.max_bytes
-                        line = b"" if too_long else bytes(pending[:end])
-                        del pending[: end + 1]
-                        dropping = False
-                        yield line
-                    if len(pending) > self.max_bytes:
-                        pending.clear()
-                        dropping = True
+        # Closed when iteration ends: the reader thread's next hand-over fails, it stops.
+        async with FdReader(self.fd) as stream:
+            while True:
+                try:
+                    pending += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+                while (end := pending.find(b"\n")) >= 0:
+                    too_long = dropping or end > self.max_bytes
+                    line = b"" if too_long else bytes(pending[:end])
+                    del pending[: end + 1]
+                    dropping = False
+                    yield line
+                if len(pending) > self.max_bytes:
+                    pending.clear()
+                    dropping = True
         if pending.strip() and not dropping:
             yield bytes(pending)
 
@@ -470,8 +446,9 @@ class McpFace:
 
         While serving, fd 1 points at stderr (the ``mcp`` package's stdio server claims
         it), so output of the runtime's own cannot corrupt the protocol. Standard input is
-        read here by a daemon thread: the package's reader, in a worker thread, would keep
-        the process from exiting until the client sent another line.
+        read here by :class:`~.transports.FdReader`'s daemon thread: the package's reader,
+        in a worker thread, would keep the process from exiting until the client sent
+        another line.
         """
         lines = _StdinLines(sys.stdin.fileno(), self.server.config.max_message_bytes)
         stdin = cast("anyio.AsyncFile[str]", lines)  # it only iterates over the lines

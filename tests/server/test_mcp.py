@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextResourceContents
 
 from rkllm_sdk import __version__
-from rkllm_sdk.server import Server
+from rkllm_sdk.server import Server, mcp_server
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
@@ -36,6 +37,7 @@ from rkllm_sdk.server.mcp_server import (
 )
 from rkllm_sdk.server.model_specs import ModelSpec, scan_models_dir
 from rkllm_sdk.server.registry import REGISTRY
+from rkllm_sdk.server.transports import FdReader
 from rkllm_sdk.testing import FakeModel
 
 from .conftest import DEADLINE_S, live_handles
@@ -633,6 +635,60 @@ async def test_stdin_lines_are_bounded_and_end_at_eof() -> None:
     finally:
         os.close(read_fd)
     assert got == [b"one", b"", b"two", b"", b"last"]
+
+
+async def test_stdin_lines_read_with_the_transports_fd_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The MCP stdio lines are read by transports.FdReader (the JSON-RPC --stdio's reader,
+    one daemon thread implementation), not a thread of their own; a line split across
+    reads is joined."""
+    opened: list[int] = []
+
+    class Recording(FdReader):
+        def __init__(self, fd: int, chunk: int = 65536) -> None:
+            opened.append(fd)
+            super().__init__(fd, chunk=4)  # tiny reads: lines span several
+
+    monkeypatch.setattr(mcp_server, "FdReader", Recording)
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as w:
+        w.write(b'{"jsonrpc": "2.0"}\nsecond line\n')
+    threads: list[threading.Thread] = []
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            got = []
+            async for line in _StdinLines(read_fd, max_bytes=50):
+                got.append(line)
+                threads += [t for t in threading.enumerate() if t.name.startswith("rkllm")]
+    finally:
+        os.close(read_fd)
+    assert got == [b'{"jsonrpc": "2.0"}', b"second line"]
+    assert opened == [read_fd]
+    assert {t.name for t in threads} == {"rkllm-stdin"}  # FdReader's, no "rkllm-mcp-stdin"
+    assert all(t.daemon for t in threads)
+
+
+async def test_stdin_lines_stop_at_once_while_the_client_is_silent() -> None:
+    """Iteration cancelled while the client keeps standard input open and sends nothing
+    ends at once (the blocked read is the daemon thread's); the thread ends once input
+    does."""
+    before = set(threading.enumerate())  # other tests' readers are not this one's
+    read_fd, write_fd = os.pipe()
+    try:
+        with anyio.fail_after(DEADLINE_S):
+            with anyio.move_on_after(0.2) as scope:
+                async for _ in _StdinLines(read_fd, max_bytes=50):
+                    pass
+            assert scope.cancelled_caught
+            readers = [t for t in set(threading.enumerate()) - before if t.name == "rkllm-stdin"]
+            assert readers and all(t.daemon for t in readers)
+    finally:
+        os.close(write_fd)
+    with anyio.fail_after(DEADLINE_S):
+        while any(t.is_alive() for t in readers):  # noqa: ASYNC110  # a thread, no event
+            await anyio.sleep(0.02)
+    os.close(read_fd)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

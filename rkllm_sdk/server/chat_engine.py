@@ -41,23 +41,26 @@ prompt-cache directory in :mod:`.kv_reuse`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
+from ..errors import GenerationError
 from ..models import Sampling
 from ..results import Generation
 from .chat_types import (
     ChatDelta,
     ChatDone,
     ChatRequest,
+    ContextLengthError,
     FinishReason,
     RequestError,
     check_request,
@@ -150,7 +153,8 @@ class ChatEngine:
         as items``: a generator left suspended mid-run keeps the model's turn until it is
         garbage-collected. ChatDone comes after the turn has ended. Raises before the
         first delta:
-        ``ModelNotFoundError``, ``QueueFullError``, :class:`RequestError`.
+        ``ModelNotFoundError``, ``QueueFullError``, :class:`RequestError` (a
+        :class:`ContextLengthError` for a prompt longer than the model's context).
         """
         t0 = time.perf_counter()
         tools = check_request(req)
@@ -161,15 +165,17 @@ class ChatEngine:
                 reply = run.reply
                 state.forget()  # until the run has ended cleanly
                 try:
-                    async with loaded.llm.stream(run.plan.send, **run.options) as s:
-                        async for chunk in s:
-                            deltas = reply.feed(chunk)
-                            if reply.finish is not None and not reply.pause_requested:
-                                reply.pause_requested = True
-                                s.pause()  # the cache then ends exactly at the delivered tokens
-                            for delta in deltas:
-                                yield delta
-                        gen = s.result()
+                    field = "messages" if req.raw_prompt is None else "raw_prompt"
+                    with _refused_for_length(loaded, field):
+                        async with loaded.llm.stream(run.plan.send, **run.options) as s:
+                            async for chunk in s:
+                                deltas = reply.feed(chunk)
+                                if reply.finish is not None and not reply.pause_requested:
+                                    reply.pause_requested = True
+                                    s.pause()  # the cache ends exactly at the delivered tokens
+                                for delta in deltas:
+                                    yield delta
+                            gen = s.result()
                     last: list[ChatDelta | ChatDone] = [*reply.end()]
                     last.append(await self._finish(loaded, state, req, run, gen, t0))
                 finally:
@@ -319,7 +325,8 @@ class ChatEngine:
         request prefills in full.
 
         Raises:
-            RequestError: no input, or an empty / non-string one (field ``input``).
+            RequestError: no input, or an empty / non-string one (field ``input``);
+                ContextLengthError: an input longer than the model's context.
         """
         if isinstance(inputs, str) or not inputs:
             raise RequestError("input", "input must be a non-empty list of strings")
@@ -335,8 +342,9 @@ class ChatEngine:
                 await release_prompt_cache(llm, state)
                 vectors: list[list[float]] = []
                 tokens = 0
-                for text in inputs:
-                    rows = await llm.hidden_states(text, all_tokens=True)
+                for i, text in enumerate(inputs):
+                    with _refused_for_length(loaded, f"input[{i}]"):
+                        rows = await llm.hidden_states(text, all_tokens=True)
                     mean = np.asarray(rows, dtype=np.float64).reshape(-1, rows.shape[-1])
                     tokens += mean.shape[0]
                     vector = mean.mean(axis=0)
@@ -504,3 +512,24 @@ def _run_options(llm: AsyncLLM, req: ChatRequest) -> RunOptions:
                 f"NAME=PATH,{name}={value})",
             )
     return options
+
+
+@contextlib.contextmanager
+def _refused_for_length(loaded: Loaded, field: str) -> Iterator[None]:
+    """Turn the runtime's refusal of a prompt longer than the context into
+    :class:`ContextLengthError` naming ``field``.
+
+    RKLLM tokenizes text itself and refuses a prompt that does not fit ``max_context_len``
+    with a failed ``rkllm_run`` before the first token; the SDK's GenerationError then names
+    ``max_context_len`` among the causes it could not check, and nothing was generated.
+    The one place that reads that error: the faces map ContextLengthError.
+    """
+    try:
+        yield
+    except GenerationError as exc:
+        gen = exc.generation
+        nothing = gen is None or (not gen.text and not gen.token_ids)
+        if not (nothing and "max_context_len" in str(exc)):
+            raise
+        context_len = loaded.llm.params.max_context_len or 0
+        raise ContextLengthError(field, context_len, str(exc)) from exc

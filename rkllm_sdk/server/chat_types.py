@@ -23,6 +23,7 @@ __all__ = [
     "ChatDelta",
     "ChatDone",
     "ChatRequest",
+    "ContextLengthError",
     "FinishReason",
     "RequestError",
     "check_request",
@@ -63,6 +64,26 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ContextLengthError(RequestError):
+    """The prompt (system prompt and tools included) does not fit the model's context: the
+    runtime refused it before generating anything (HTTP 400).
+
+    Attributes:
+        field: the request field holding the prompt (``messages``, ``raw_prompt``, ``input[i]``).
+        context_len: the model's ``max_context_len`` (fixed when it loads).
+        cause: the runtime's refusal, as the SDK reported it.
+    """
+
+    def __init__(self, field: str, context_len: int, cause: str) -> None:
+        super().__init__(
+            field,
+            f"the prompt does not fit the model's context of {context_len} tokens "
+            "(max_context_len, fixed when the model loads)",
+        )
+        self.context_len = context_len
+        self.cause = cause
 
 
 @attrs.frozen(kw_only=True)

@@ -171,13 +171,11 @@ class _EngineResponse(Response):
         *,
         model: str,
         stream: bool,
-        context_len: int | None = None,
     ):
         super().__init__()
         self.parts = parts
         self.model = model
         self.stream = stream
-        self.context_len = context_len
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
@@ -193,7 +191,7 @@ class _EngineResponse(Response):
         try:
             first = await anext(self.parts)
         except Exception as exc:
-            await _error_response(exc, self.model, self.context_len)(scope, _no_receive, send)
+            await _error_response(exc, self.model)(scope, _no_receive, send)
             return
         if not self.stream:
             async for _ in self.parts:  # the engine's run ends normally (frees the model)
@@ -209,14 +207,14 @@ class _EngineResponse(Response):
                     {"type": "http.response.body", "body": ndjson_line(obj), "more_body": True}
                 )
         except Exception as exc:  # after the headers: Ollama's in-stream error line
-            error = error_for(exc, self.model, self.context_len)
+            error = error_for(exc, self.model)
             line = {"error": error.message if error else str(exc) or type(exc).__name__}
             await send({"type": "http.response.body", "body": ndjson_line(line), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _error_response(exc: Exception, model: str, context_len: int | None = None) -> Response:
-    error = error_for(exc, model, context_len)
+def _error_response(exc: Exception, model: str) -> Response:
+    error = error_for(exc, model)
     if error is None:  # a load that failed, a runtime error, a bug
         error = OllamaError(500, str(exc) or type(exc).__name__)
     return error.response()
@@ -501,9 +499,7 @@ class _OllamaFace:
             return await self._load_or_unload(req, "message")
         stream = wants_stream(body)
         parts = _chat_parts(self.engine, req, stream)
-        return _EngineResponse(
-            parts, model=req.model, stream=stream, context_len=self._context_len(req.model)
-        )
+        return _EngineResponse(parts, model=req.model, stream=stream)
 
     async def generate(self, request: Request) -> Response:
         """``POST /api/generate``."""
@@ -513,17 +509,7 @@ class _OllamaFace:
             return await self._load_or_unload(req, "response")
         stream = wants_stream(body)
         parts = _generate_parts(self.engine, req, stream)
-        return _EngineResponse(
-            parts, model=req.model, stream=stream, context_len=self._context_len(req.model)
-        )
-
-    def _context_len(self, name: str) -> int | None:
-        """The model's ``max_context_len`` when configured (None: unknown model, default)."""
-        try:
-            params = self.catalog.resolve(name).params
-        except ModelNotFoundError:
-            return None
-        return None if params is None else params.max_context_len
+        return _EngineResponse(parts, model=req.model, stream=stream)
 
     async def _embed(self, name: str, inputs: list[str], keep_alive: object) -> _EmbedResult:
         keep_alive_s = parse_keep_alive(keep_alive)
@@ -533,7 +519,7 @@ class _OllamaFace:
         try:
             vectors, tokens = await self.engine.embed(name, inputs, keep_alive_s=keep_alive_s)
         except Exception as exc:
-            if (error := error_for(exc, name, self._context_len(name))) is None:
+            if (error := error_for(exc, name)) is None:
                 raise
             raise error from None
         return vectors, tokens, (time.perf_counter() - started) * 1e3

@@ -30,9 +30,9 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from ..errors import GenerationError, InvalidParamsError
+from ..errors import InvalidParamsError
 from .catalog import DrainingError, ModelNotFoundError, QueueFullError
-from .chat_types import ChatDone, ChatRequest, RequestError
+from .chat_types import ChatDone, ChatRequest, ContextLengthError, RequestError
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -76,8 +76,6 @@ _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.
 _UNIT_S |= {"m": 60.0, "h": 3600.0}
 _PARAMETER_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _QUANTIZATION = re.compile(r"w\d+a\d+(?:_g\d+)?", re.IGNORECASE)
-#: The context length in the SDK's error for a refused run ("max_context_len (512 tokens").
-_CONTEXT_IN_ERROR = re.compile(r"max_context_len \((\d+) tokens")
 
 
 class _AsciiJSON(JSONResponse):
@@ -118,22 +116,18 @@ def not_found(model: str) -> OllamaError:
     return OllamaError(404, f'model "{model}" not found, try pulling it first')
 
 
-def error_for(exc: Exception, model: str, context_len: int | None = None) -> OllamaError | None:
-    """The Ollama error for what the engine or catalog raised (None: a bug, 500).
-
-    ``context_len`` is the model's ``max_context_len`` (None: not configured), for the
-    message of a prompt longer than the context (a 400, as Ollama answers it).
-    """
+def error_for(exc: Exception, model: str) -> OllamaError | None:
+    """The Ollama error for what the engine or catalog raised (None: a bug, 500); a prompt
+    longer than the context is a 400, as Ollama answers it."""
     if isinstance(exc, OllamaError):
         return exc
-    if _context_overflow(exc):
-        size = _context_size(exc, context_len)
+    if isinstance(exc, ContextLengthError):
         return bad_request(
-            f"the input length exceeds the context length: {model}'s context is {size} "
-            "(max_context_len, fixed when it loads; options.num_ctx cannot change it), and "
-            "the runtime refused the prompt before generating anything. Send fewer or "
-            "shorter messages, or load the model with a larger max_context_len. "
-            f"The runtime: {exc}"
+            f"the input length exceeds the context length: {model}'s context is "
+            f"{exc.context_len} tokens (max_context_len, fixed when it loads; options.num_ctx "
+            "cannot change it), and the runtime refused the prompt before generating "
+            "anything. Send fewer or shorter messages, or load the model with a larger "
+            f"max_context_len. The runtime: {exc.cause}"
         )
     if isinstance(exc, ModelNotFoundError):
         return not_found(model)
@@ -144,25 +138,6 @@ def error_for(exc: Exception, model: str, context_len: int | None = None) -> Oll
     if isinstance(exc, (RequestError, InvalidParamsError)):
         return bad_request(str(exc))
     return None
-
-
-def _context_overflow(exc: Exception) -> bool:
-    """Whether ``exc`` is the runtime refusing a prompt longer than the model's context:
-    a failed ``rkllm_run`` before the first token whose SDK error names ``max_context_len``
-    as the cause it could not check (RKLLM tokenizes the text itself)."""
-    if not isinstance(exc, GenerationError) or "max_context_len" not in str(exc):
-        return False
-    gen = exc.generation
-    return gen is not None and not gen.text and not gen.token_ids
-
-
-def _context_size(exc: BaseException, configured: int | None) -> str:
-    """The context length for the message: the configured one, else the one the SDK's
-    error names (the runtime's default), else none."""
-    if configured:
-        return f"{configured} tokens"
-    found = _CONTEXT_IN_ERROR.search(str(exc))
-    return f"{found.group(1)} tokens" if found else "its max_context_len"
 
 
 # ---- request fields -----------------------------------------------------------------------

@@ -499,8 +499,7 @@ class _OpenAIFace:
         except OpenAIError as exc:
             return self._answer(request, exc.response())
         answer = answer_type(parsed)
-        context_len = self._context_len(parsed.request.model)
-        to_error = partial(error_from, params=parsed.params, context_len=context_len)
+        to_error = partial(error_from, params=parsed.params)
 
         def run() -> AsyncGenerator[Event, None]:
             return self.engine.chat(parsed.request)
@@ -515,29 +514,19 @@ class _OpenAIFace:
             return self._answer(request, Response(status_code=499))  # nobody is listening
         return self._answer(request, JSONResponse(answer.whole(done)))
 
-    def _context_len(self, model: str) -> int | None:
-        """The model's ``max_context_len`` when configured (None: unknown model, default)."""
-        try:
-            params = self.engine.catalog.resolve(model).params
-        except ModelNotFoundError:
-            return None
-        return None if params is None else params.max_context_len
-
     async def embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``: L2-normalised vectors from the last hidden layer."""
         if not self.authorized(request.headers):
             return self._answer(request, _unauthorized())
-        context_len = None
         try:
             parsed = parse_embedding(await _json_body(request))
-            context_len = self._context_len(parsed.model)
             vectors, tokens = await self.engine.embed(parsed.model, parsed.inputs)
             size = len(vectors[0]) if vectors else 0
             if parsed.dimensions is not None and parsed.dimensions != size:
                 message = f"`dimensions`: this model's embeddings have {size} dimensions only"
                 raise invalid_request("dimensions", message)
         except Exception as exc:  # every failure is answered to the client
-            error = error_from(exc, {"raw_prompt": "input"}, context_len)
+            error = error_from(exc)
             return self._answer(request, error.response())
         body = {
             "object": "list",

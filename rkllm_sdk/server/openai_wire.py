@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,9 +34,9 @@ from typing import Any
 import attrs
 from starlette.responses import JSONResponse, Response
 
-from ..errors import GenerationError, RKLLMError, http_status
+from ..errors import RKLLMError, http_status
 from .catalog import ModelNotFoundError, QueueFullError
-from .chat_types import ChatRequest, RequestError
+from .chat_types import ChatRequest, ContextLengthError, RequestError
 from .templates import TemplateError
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
 _MAX_STOP = 4
 _INT32_MAX = 2**31 - 1  # token counts and top_k reach the runtime as C ints
 #: The context length in the SDK's error for a refused run ("max_context_len (512 tokens").
-_CONTEXT_IN_ERROR = re.compile(r"max_context_len \((\d+) tokens")
 _REASONING_EFFORT = {
     "none": False,
     "minimal": False,
@@ -128,18 +126,12 @@ def _unsupported(param: str, what: str) -> OpenAIError:
     return invalid_request(param, f"`{param}`: {what} is not supported by this server")
 
 
-def error_from(
-    exc: BaseException,
-    params: Mapping[str, str] | None = None,
-    context_len: int | None = None,
-) -> OpenAIError:
+def error_from(exc: BaseException, params: Mapping[str, str] | None = None) -> OpenAIError:
     """The OpenAI error for an exception of the engine or the runtime.
 
     Args:
         exc: what the engine (or the runtime below it) raised.
         params: engine field names (``max_tokens``) -> the client's (``max_completion_tokens``).
-        context_len: the model's ``max_context_len`` (None: not configured), for the
-            message of a prompt longer than the context.
     """
     if isinstance(exc, OpenAIError):
         return exc
@@ -149,47 +141,25 @@ def error_from(
     if isinstance(exc, QueueFullError):
         return _queue_full(exc)
     if isinstance(exc, RequestError):
-        return invalid_request(_client_param(exc.field, params or {}), str(exc))
+        return _request_error(exc, params or {})
     if isinstance(exc, TemplateError):
         return invalid_request("messages", f"the model's chat template refused the request: {exc}")
-    return _runtime_error(exc, params or {}, context_len)
+    return _runtime_error(exc)
 
 
-def _context_overflow(exc: BaseException) -> bool:
-    """Whether ``exc`` is the runtime refusing a prompt longer than the model's context.
-
-    RKLLM tokenizes the text itself and refuses a prompt that does not fit
-    ``max_context_len`` with a failed ``rkllm_run`` before the first token; the SDK's
-    :class:`~rkllm_sdk.errors.GenerationError` then names that as the cause it could not
-    check (``max_context_len`` in its message), and the run produced nothing.
-    """
-    if not isinstance(exc, GenerationError) or "max_context_len" not in str(exc):
-        return False
-    gen = exc.generation
-    return gen is not None and not gen.text and not gen.token_ids
-
-
-def _context_size(exc: BaseException, configured: int | None) -> str:
-    """The context length for the message: the configured one, else the one the SDK's
-    error names (the runtime's default), else none."""
-    if configured:
-        return f"{configured} tokens"
-    found = _CONTEXT_IN_ERROR.search(str(exc))
-    return f"{found.group(1)} tokens" if found else "its max_context_len"
-
-
-def _context_exceeded(
-    exc: BaseException, params: Mapping[str, str], context_len: int | None
-) -> OpenAIError:
-    size = _context_size(exc, context_len)
+def _request_error(exc: RequestError, params: Mapping[str, str]) -> OpenAIError:
+    """A 400 naming the client's field; a prompt longer than the context is OpenAI's
+    ``context_length_exceeded`` (LiteLLM's ContextWindowExceededError)."""
+    param = _client_param(exc.field, params)  # completions: prompt; embeddings: input[i]
+    if not isinstance(exc, ContextLengthError):
+        return invalid_request(param, str(exc))
     message = (
-        f"This model's maximum context length is {size} (max_context_len, fixed when it "
-        "loads), and the runtime refused the prompt before generating anything: the "
-        "conversation, with its system prompt and tools, is longer than that. Shorten it, "
-        "or load the model with a larger context (--model NAME=PATH,max_context_len=N). "
-        f"The runtime: {exc}"
+        f"This model's maximum context length is {exc.context_len} tokens (max_context_len, "
+        "fixed when it loads), and the runtime refused the prompt before generating "
+        "anything: the conversation, with its system prompt and tools, is longer than that. "
+        "Shorten it, or load the model with a larger context "
+        f"(--model NAME=PATH,max_context_len=N). The runtime: {exc.cause}"
     )
-    param = params.get("raw_prompt", "messages")  # completions: prompt; embeddings: input
     return OpenAIError(400, message, param=param, code="context_length_exceeded")
 
 
@@ -199,13 +169,8 @@ def _queue_full(exc: QueueFullError) -> OpenAIError:
     return OpenAIError(429, str(exc), kind="requests", code="rate_limit_exceeded", headers=headers)
 
 
-def _runtime_error(
-    exc: BaseException, params: Mapping[str, str], context_len: int | None
-) -> OpenAIError:
-    """The error for what the runtime (or a bug) raised: the SDK's own HTTP status, but a
-    prompt longer than the context is the client's 400 ``context_length_exceeded``."""
-    if _context_overflow(exc):
-        return _context_exceeded(exc, params, context_len)
+def _runtime_error(exc: BaseException) -> OpenAIError:
+    """The error for what the runtime (or a bug) raised: the SDK's own HTTP status."""
     if not isinstance(exc, RKLLMError):
         message = f"internal error: {type(exc).__name__}: {exc}"
         return OpenAIError(500, message, kind="server_error")

@@ -17,7 +17,13 @@ from rkllm_sdk import Chunk, ModelParams
 from rkllm_sdk.errors import ClosedError, GenerationError
 from rkllm_sdk.server.catalog import Loaded, ModelCatalog, ModelNotFoundError
 from rkllm_sdk.server.chat_engine import ChatEngine
-from rkllm_sdk.server.chat_types import ChatDelta, ChatDone, ChatRequest, RequestError
+from rkllm_sdk.server.chat_types import (
+    ChatDelta,
+    ChatDone,
+    ChatRequest,
+    ContextLengthError,
+    RequestError,
+)
 from rkllm_sdk.server.kv_reuse import CACHE_SUBDIR, KVRecord
 from rkllm_sdk.server.model_specs import ModelSpec
 from rkllm_sdk.server.reply_parser import ReplyParser
@@ -255,6 +261,30 @@ async def test_unknown_model_and_bad_requests_raise_first(tmp_path: Path, abi: s
                 async with aclosing(h.engine.chat(ChatRequest(model="m", **fields))) as it:
                     await it.__anext__()
             assert err.value.field == field, fields
+
+
+async def test_a_prompt_longer_than_the_context_is_a_context_length_error(
+    tmp_path: Path, abi: str
+) -> None:
+    """The runtime's refusal of a prompt longer than max_context_len (before its first
+    token) is a ContextLengthError naming the field and the context length (messages, a raw
+    prompt, one embedding input), raised before the first delta; the model then serves."""
+    long_text = "word " * 200
+    params = ModelParams(max_context_len=64)
+    async with harness(tmp_path, abi, FakeModel(replies={"Hello": "Hi!"}), params=params) as h:
+        for fields, field in (
+            ({"messages": (user(long_text),)}, "messages"),
+            ({"raw_prompt": long_text}, "raw_prompt"),
+        ):
+            with anyio.fail_after(DEADLINE_S), pytest.raises(ContextLengthError) as err:
+                async with aclosing(h.engine.chat(ChatRequest(model="m", **fields))) as it:
+                    await it.__anext__()
+            assert (err.value.field, err.value.context_len) == (field, 64)
+            assert "max_context_len" in err.value.cause and "64 tokens" in str(err.value)
+        with anyio.fail_after(DEADLINE_S), pytest.raises(ContextLengthError) as err:
+            await h.engine.embed("m", ["short", long_text])
+        assert (err.value.field, err.value.context_len) == ("input[1]", 64)
+        assert (await h.done(user("Hello"))).content == "Hi!"
 
 
 def _named(name: str) -> dict[str, Any]:

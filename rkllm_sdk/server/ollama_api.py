@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +54,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .catalog import ModelInfo, ModelNotFoundError
 from .chat_engine import ChatEngine
 from .chat_types import ChatDelta, ChatRequest
+from .http_api import read_body, watch_disconnect
 from .model_specs import ModelSpec
 from .ollama_wire import (
     OllamaError,
@@ -179,7 +180,7 @@ class _EngineResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(watch_disconnect, receive, tg.cancel_scope)
             try:
                 await self._send(scope, send)
             finally:
@@ -222,13 +223,6 @@ def _error_response(exc: Exception, model: str) -> Response:
 
 async def _no_receive() -> Message:  # pragma: no cover  # JSON responses never read
     return {"type": "http.disconnect"}
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Cancel ``scope`` once the client disconnects (the request body is already read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 # ---- model listings -----------------------------------------------------------------------
@@ -337,18 +331,7 @@ class _OllamaFace:
         return run
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        too_large = OllamaError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise too_large
-        raw = bytearray()
-        try:
-            async for piece in request.stream():
-                raw += piece
-                if len(raw) > MAX_BODY_BYTES:
-                    raise too_large
-        except ClientDisconnect:  # gone before its body was whole: nobody reads the answer
-            raise OllamaError(499, "the client closed the request") from None
+        raw = await read_body(request, MAX_BODY_BYTES, OllamaError)
         if not raw.strip():
             return {}
         try:

@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import InvalidParamsError
 from .catalog import DrainingError, ModelNotFoundError, QueueFullError
 from .chat_types import ChatDone, ChatRequest, ContextLengthError, RequestError
+from .http_api import AsciiJSON
 
 __all__ = [
     "BUSY_MESSAGE",
@@ -78,14 +79,6 @@ _PARAMETER_SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 _QUANTIZATION = re.compile(r"w\d+a\d+(?:_g\d+)?", re.IGNORECASE)
 
 
-class _AsciiJSON(JSONResponse):
-    """JSON with non-ASCII escaped: an error's message may quote what the client sent,
-    lone surrogates (``"\\ud800"`` in its JSON) included, which UTF-8 cannot encode."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
-
-
 class OllamaError(Exception):
     """A request answered with ``{"error": message}`` and ``status``.
 
@@ -103,7 +96,7 @@ class OllamaError(Exception):
 
     def response(self) -> Response:
         """The error as Ollama sends it."""
-        return _AsciiJSON({"error": self.message}, self.status, headers=self.headers)
+        return AsciiJSON({"error": self.message}, self.status, headers=self.headers)
 
 
 def bad_request(message: str) -> OllamaError:

@@ -43,7 +43,7 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -52,6 +52,7 @@ from ..results import ToolCall
 from .catalog import ModelInfo, ModelNotFoundError
 from .chat_engine import ChatEngine
 from .chat_types import ChatDelta, ChatDone
+from .http_api import read_body, watch_disconnect
 from .openai_wire import (
     OpenAIError,
     ParsedChat,
@@ -268,15 +269,6 @@ async def _produce(run: Run, to_error: ToError, out: MemoryObjectSendStream[_Ite
                 await out.send(_Failure(to_error(exc)))
 
 
-async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Cancel ``scope`` when the client disconnects (its request body already read)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
-
-
 def _data(chunk: Mapping[str, Any]) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
@@ -317,7 +309,7 @@ class _RunResponse(Response):
             tg.start_soon(_produce, self.run, self.to_error, send_items)
             first: _Item | None = None
             async with anyio.create_task_group() as waiting:
-                waiting.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                waiting.start_soon(watch_disconnect, receive, tg.cancel_scope)
                 with anyio.move_on_after(self.ping_s):
                     first = await _receive(items)
                 waiting.cancel_scope.cancel()
@@ -380,7 +372,7 @@ async def _run_whole(request: Request, run: Run, to_error: ToError) -> ChatDone 
     """
     result: ChatDone | OpenAIError | None = None  # None: still running
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_disconnect, request.receive, tg.cancel_scope)
+        tg.start_soon(watch_disconnect, request.receive, tg.cancel_scope)
         try:
             async with contextlib.aclosing(run()) as events:
                 async for event in events:
@@ -399,17 +391,7 @@ async def _run_whole(request: Request, run: Run, to_error: ToError) -> ChatDone 
 
 
 async def _json_body(request: Request) -> Mapping[str, Any]:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise OpenAIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise OpenAIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-    except ClientDisconnect:  # gone before its body was whole: nobody reads the answer
-        raise OpenAIError(499, "the client closed the request") from None
+    body = await read_body(request, MAX_BODY_BYTES, OpenAIError)
     try:
         decoded = json.loads(body)
     except (ValueError, RecursionError):

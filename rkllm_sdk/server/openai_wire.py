@@ -32,11 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import RKLLMError, http_status
 from .catalog import ModelNotFoundError, QueueFullError
 from .chat_types import ChatRequest, ContextLengthError, RequestError
+from .http_api import AsciiJSON
 from .templates import TemplateError
 
 __all__ = [
@@ -67,14 +68,6 @@ _AUDIO_PARTS = {"input_audio", "audio"}
 
 
 # ---- errors ------------------------------------------------------------------------------
-
-
-class _AsciiJSON(JSONResponse):
-    """JSON with non-ASCII escaped: an error's message may quote what the client sent,
-    lone surrogates (``"\\ud800"`` in its JSON) included, which UTF-8 cannot encode."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 class OpenAIError(Exception):
@@ -114,7 +107,7 @@ class OpenAIError(Exception):
 
     def response(self) -> Response:
         """The JSON error response."""
-        return _AsciiJSON(self.body(), status_code=self.status, headers=self.headers)
+        return AsciiJSON(self.body(), status_code=self.status, headers=self.headers)
 
 
 def invalid_request(param: str | None, message: str) -> OpenAIError:

@@ -99,6 +99,17 @@ class Harness:
         async with self.loaded() as loaded:
             return loaded.template.render(list(messages), **kw)
 
+    async def assert_continues(self, system: Mapping[str, Any]) -> None:
+        """A new two-turn conversation under ``system``: its second turn continues the cache,
+        which then holds exactly the rendered conversation and the reply."""
+        first = [system, user("Hello there")]
+        done1 = await self.done(*first)
+        second = [*first, assistant(done1), user("Tell me more")]
+        done2 = await self.done(*second)
+        state, cache, _ = await self.record()
+        assert done2.cached_tokens > 0
+        assert cache == state.text == await self.render(*second) + done2.content
+
 
 @asynccontextmanager
 async def harness(
@@ -606,13 +617,7 @@ async def test_a_request_cancelled_while_its_prompt_cache_loads(tmp_path: Path, 
         with anyio.move_on_after(0.3):
             await h.done(SYSTEM, user("What is the weather like?"))
         del llm.load_prompt_cache
-        first = [SHORT_SYSTEM, user("Hello there")]
-        done1 = await h.done(*first)
-        second = [*first, assistant(done1), user("Tell me more")]
-        done2 = await h.done(*second)
-        state, cache, _ = await h.record()
-        assert done2.cached_tokens > 0
-        assert cache == state.text == await h.render(*second) + done2.content
+        await h.assert_continues(SHORT_SYSTEM)
 
 
 async def test_a_request_cancelled_while_its_prompt_cache_is_released(
@@ -636,13 +641,7 @@ async def test_a_request_cancelled_while_its_prompt_cache_is_released(
         with anyio.move_on_after(0.3):
             await h.engine.embed("m", ["a cat"])
         del llm.release_prompt_cache
-        first = [SHORT_SYSTEM, user("Hello there")]
-        done1 = await h.done(*first)
-        second = [*first, assistant(done1), user("Tell me more")]
-        done2 = await h.done(*second)
-        state, cache, _ = await h.record()
-        assert done2.cached_tokens > 0
-        assert cache == state.text == await h.render(*second) + done2.content
+        await h.assert_continues(SHORT_SYSTEM)
 
 
 async def test_an_unusable_cache_directory_turns_prompt_caches_off(
@@ -659,13 +658,7 @@ async def test_an_unusable_cache_directory_turns_prompt_caches_off(
     catalog = ModelCatalog([spec], runtime="fake", abi=abi, cache_dir=blocked)
     async with catalog.lifespan():
         h = Harness(ChatEngine(catalog), catalog)
-        first = [SYSTEM, user("Hello there")]
-        done1 = await h.done(*first)
-        second = [*first, assistant(done1), user("More")]
-        done2 = await h.done(*second)
-        state, cache, _ = await h.record()
-        assert done2.cached_tokens > 0
-        assert cache == state.text == await h.render(*second) + done2.content
+        await h.assert_continues(SYSTEM)
 
 
 async def test_a_damaged_prompt_cache_is_dropped(tmp_path: Path, abi: str) -> None:

@@ -4,7 +4,8 @@
 lines through a send function; a transport supplies both and nothing else. Requests are
 served concurrently (``rkllm_abort`` while ``rkllm_run`` streams), at most
 ``max_inflight`` at once (reading pauses beyond). Everything sent goes through one
-:class:`~.outbox.Outbox`, so a run's notifications precede its response.
+:class:`~.outbox.Outbox`, so a run's notifications precede its response (chunks that pile
+up while the writer is busy merge into one notification).
 
 The end of the input (EOF) lets the requests in progress finish and their replies go out
 (``echo '{...}' | rkllm serve --stdio`` works); a failed write means the client is gone:
@@ -36,10 +37,10 @@ class MessageTooLargeError(Exception):
 class Connection:
     """One client of a :class:`~.jsonrpc.Server` (what handlers see as their ``Peer``)."""
 
-    def __init__(self, server: Server, *, coalesce: bool = True) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.sessions = server.sessions
-        self.outbox = Outbox(server.config.outbox_size, coalesce=coalesce)
+        self.outbox = Outbox(server.config.outbox_size)
         #: Drives this connection's async runs while it is served (cancelled when it ends).
         self.tasks: anyio.abc.TaskGroup | None = None
 

@@ -241,7 +241,7 @@ class HttpFace:
     async def _buffered(
         self, key: tuple[str, str], body: bytes, request: Request, streaming: set[str]
     ) -> Response:
-        outbox = Outbox(self.server.config.outbox_size, coalesce=True)
+        outbox = Outbox(self.server.config.outbox_size)
         chunks: dict[str, list[Any]] = {}
         reply: str | None = None
 
@@ -269,7 +269,7 @@ class HttpFace:
     def _sse(self, key: tuple[str, str], body: bytes) -> Response:
         # sse-starlette runs `produce` and iterates `events` in its own task group, and
         # cancels both when the client disconnects: the run is then aborted on the NPU.
-        outbox = Outbox(self.server.config.outbox_size, coalesce=True)
+        outbox = Outbox(self.server.config.outbox_size)
         replies: list[str] = []
 
         async def produce() -> None:
@@ -342,7 +342,7 @@ class HttpFace:
                     yield text.encode("utf-8") if text is not None else message.get("bytes", b"")
                 tg.cancel_scope.cancel()  # the client has gone: abort what it started
 
-            await Connection(self.server, coalesce=True).serve(frames(), send)
+            await Connection(self.server).serve(frames(), send)
         with contextlib.suppress(RuntimeError, OSError):
             await ws.close()
         self._log(f"ws closed after {time.perf_counter() - started:.1f}s")

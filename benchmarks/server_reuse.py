@@ -9,7 +9,7 @@ model; decoding at full speed): a system prompt of about 1,500 tokens that start
 Assistant's does, with the current time (a new time for every request, 7 s apart), then
 the instructions, the exposed devices and Home Assistant's intent tools; five user turns
 of one conversation (the second answered by a tool call, followed by its tool-result
-request), then a new conversation with the same system prompt two minutes later. The
+request), then, 7 s later too, a new conversation with the same system prompt. The
 replies are scripted, so every engine sees the same conversation.
 
 The exchange runs three times per ABI, side by side on separate handles (the fake's

@@ -18,9 +18,9 @@ What Home Assistant's Ollama integration, Open WebUI's Ollama connection and the
 Errors are ``{"error": "..."}`` with Ollama's status codes: 400 (a field this server cannot
 honour, named in the message; a conversation longer than the model's context: ``the input
 length exceeds the context length``), 401 (no or wrong API key), 404 (``model "x" not
-found, try pulling it first``; any other path or method), 503 (the model's queue is full),
-500. A failure after a stream has
-started is one more line ``{"error": "..."}``, as Ollama sends it. A client that
+found, try pulling it first``; any other path or method), 503 (the model's queue is full,
+or the server is shutting down), 500. A failure after a stream has started is one more line
+``{"error": "..."}``, as Ollama sends it. A client that
 disconnects, before or during its answer, aborts the run on the NPU.
 
 What is refused (``format``, images, custom templates, ...), ignored (``num_ctx``, options

@@ -13,7 +13,8 @@ in :mod:`.ollama_api`).
   nanosecond timings), :func:`ndjson_line`, :func:`model_details` and the other listing
   fields.
 - Errors: :func:`error_for` maps what the engine or catalog raised to Ollama's status codes
-  (404 unknown model, 503 with ``Retry-After`` for a full queue, 400 a bad request).
+  (404 unknown model, 503 with ``Retry-After`` for a full queue or a server shutting down,
+  400 a bad request).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ fields' are in :mod:`.openai_wire`):
   closed), streaming or not.
 - Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
   ``invalid_request_error`` (``context_length_exceeded`` for a prompt longer than the
-  model's context), 401 ``invalid_api_key``, 404 ``model_not_found``, 413, 429 (queue full:
-  ``Retry-After`` and ``retry-after-ms``), 5xx ``server_error``; a client gone before its
-  body was read is logged as 499.
+  model's context), 401 ``invalid_api_key``, 404 ``model_not_found``, 413, 429 (queue full
+  or shutting down: ``Retry-After`` and ``retry-after-ms``), 5xx ``server_error``; a client
+  gone before its body was read is logged as 499.
 - Tool calls go out with ids of their own, new for every call of every response.
 """
 
@@ -73,7 +73,7 @@ _CHUNK_EVENTS = 256  # engine events already queued are written out together, up
 Event: TypeAlias = ChatDelta | ChatDone
 Run: TypeAlias = Callable[[], AsyncGenerator[Event, None]]
 #: What the engine or the runtime raised -> the error answered (the request's field names
-#: and the model's context length bound in).
+#: bound in).
 ToError: TypeAlias = Callable[[BaseException], OpenAIError]
 
 

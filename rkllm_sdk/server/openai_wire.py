@@ -19,8 +19,8 @@ no sockets (the routes, the streamed answers and the response objects are in
   ``seed``.
 - Errors: :func:`error_from` maps what the engine, the catalog or the runtime raised to
   OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
-  ``invalid_request_error``, 404 ``model_not_found``, 429 (queue full: ``Retry-After`` and
-  ``retry-after-ms``), 5xx ``server_error``.
+  ``invalid_request_error``, 404 ``model_not_found``, 429 (queue full or shutting down:
+  ``Retry-After`` and ``retry-after-ms``), 5xx ``server_error``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ __all__ = [
 
 _MAX_STOP = 4
 _INT32_MAX = 2**31 - 1  # token counts and top_k reach the runtime as C ints
-#: The context length in the SDK's error for a refused run ("max_context_len (512 tokens").
 _REASONING_EFFORT = {
     "none": False,
     "minimal": False,

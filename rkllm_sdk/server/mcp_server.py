@@ -84,7 +84,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .. import metrics
 from ..errors import ERROR_CODES, BusyError, RKLLMError, jsonrpc_code
 from .http_sessions import SESSION_HEADER, SessionError
-from .jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, Server
+from .jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Server
 from .outbox import Outbox, dumps
 from .registry import Peer
 from .schema import Schema, boolean, integer, number, obj, string
@@ -641,8 +641,9 @@ class McpFace:
                         reply = await self.server.handle_message(peer, message)
                     finally:
                         outbox.close()
-        except SessionError as exc:
-            return _error(ERROR_CODES[BusyError].jsonrpc, str(exc), {"function": name})
+        except SessionError as exc:  # as POST /rpc: a bad name is the client's, else busy
+            code = INVALID_REQUEST if exc.status == 400 else ERROR_CODES[BusyError].jsonrpc
+            return _error(code, str(exc), {"function": name})
         assert reply is not None  # a request (it has an id) always gets a response
         if "error" in reply:
             return _failed(reply["error"])

@@ -559,6 +559,21 @@ async def test_http_handles_belong_to_the_session(
     assert live_handles(abi) == baseline
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_http_bad_session_header_is_an_invalid_request(
+    face: McpFace, anyio_backend: str
+) -> None:
+    """A 2026-07-28 call whose X-RKLLM-Session is not a session name is the -32600 POST /rpc
+    answers (a client error, not worth retrying); it was -32004, the busy code of a full
+    session table."""
+    bad = {"Authorization": f"Bearer {KEY}", "X-RKLLM-Session": "not a name"}
+    async with http_mcp(face) as url:
+        with anyio.fail_after(DEADLINE_S):
+            async with http_client(url, "2026-07-28", **bad) as client:
+                error = failure(await client.call_tool("rkllm_createDefaultParam", {}))
+    assert error["code"] == -32600 and "X-RKLLM-Session" in error["message"]
+
+
 _STREAM = {"Accept": "application/json, text/event-stream"}
 
 

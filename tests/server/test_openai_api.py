@@ -453,7 +453,7 @@ async def test_models_list_and_retrieve(models_dir: Path, abi: str) -> None:
 
 async def test_chat_non_streaming(models_dir: Path, abi: str) -> None:
     """A non-streamed chat answers the model's reply, finish_reason stop, and usage with the
-    cached prompt tokens."""
+    cached prompt tokens: none for a first turn, the conversation so far for a follow-up."""
     async with serving(models_dir, abi) as (client, _, _):
         reply = await client.chat.completions.create(model="m", messages=[USER])
         assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
@@ -464,7 +464,12 @@ async def test_chat_non_streaming(models_dir: Path, abi: str) -> None:
         assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
         assert usage.prompt_tokens_details is not None
-        assert usage.prompt_tokens_details.cached_tokens is not None
+        assert usage.prompt_tokens_details.cached_tokens == 0
+        answer = {"role": "assistant", "content": choice.message.content}
+        again = await client.chat.completions.create(model="m", messages=[USER, answer, USER])
+        more = again.usage
+        assert more is not None and more.prompt_tokens_details is not None
+        assert usage.prompt_tokens < more.prompt_tokens_details.cached_tokens < more.prompt_tokens
 
 
 async def test_chat_streaming_with_usage(models_dir: Path, abi: str) -> None:

@@ -62,23 +62,43 @@ _UNKNOWN_ROLE = r"""
 """
 
 
-def _chatml(default_system: str | None) -> str:
-    """Qwen2.5 (with its default system prompt) and MiniCPM (without one)."""
-    if default_system is None:
-        header = (
-            r"""
+#: ChatML's system turn without a default system prompt: the system message, then the tools.
+_CHATML_SYSTEM = (
+    r"""
 {%- if tools %}
 {{- '<|im_start|>system\n' }}
 {%- if messages and messages[0].role == 'system' %}{{ messages[0].content + '\n\n' }}{% endif %}
 """
-            + _TOOLS_BLOCK
-            + r"""
+    + _TOOLS_BLOCK
+    + r"""
 {{- '<|im_end|>\n' }}
 {%- elif messages and messages[0].role == 'system' %}
 {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
 {%- endif %}
 """
-        )
+)
+
+#: The end of ChatML's turn loop, after an assistant turn's content: its calls, the tool
+#: results, an unknown role refused.
+_CHATML_TURN_END = (
+    _TOOL_CALLS
+    + r"""
+{{- '<|im_end|>\n' }}
+{%- elif message.role == 'tool' %}
+"""
+    + _tool_results("<|im_start|>user\\n", "<|im_end|>\\n")
+    + _UNKNOWN_ROLE
+    + r"""
+{%- endif %}
+{%- endfor %}
+"""
+)
+
+
+def _chatml(default_system: str | None) -> str:
+    """Qwen2.5 (with its default system prompt) and MiniCPM (without one)."""
+    if default_system is None:
+        header = _CHATML_SYSTEM
     else:
         header = (
             r"""
@@ -114,16 +134,8 @@ def _chatml(default_system: str | None) -> str:
 {%- elif message.role == 'assistant' %}
 {{- '<|im_start|>assistant\n' + content }}
 """
-        + _TOOL_CALLS
+        + _CHATML_TURN_END
         + r"""
-{{- '<|im_end|>\n' }}
-{%- elif message.role == 'tool' %}
-"""
-        + _tool_results("<|im_start|>user\\n", "<|im_end|>\\n")
-        + _UNKNOWN_ROLE
-        + r"""
-{%- endif %}
-{%- endfor %}
 {%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}
 """
     )
@@ -131,17 +143,8 @@ def _chatml(default_system: str | None) -> str:
 
 #: Qwen3: ChatML without a default system prompt; reasoning kept only after the last query.
 QWEN3 = (
-    r"""
-{%- if tools %}
-{{- '<|im_start|>system\n' }}
-{%- if messages and messages[0].role == 'system' %}{{ messages[0].content + '\n\n' }}{% endif %}
-"""
-    + _TOOLS_BLOCK
+    _CHATML_SYSTEM
     + r"""
-{{- '<|im_end|>\n' }}
-{%- elif messages and messages[0].role == 'system' %}
-{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
-{%- endif %}
 {#- The last real user query: reasoning is kept only for the assistant turns after it. #}
 {%- set ns = namespace(seeking=true, last_query=(messages | length) - 1) %}
 {%- for message in messages | reverse %}
@@ -172,16 +175,8 @@ QWEN3 = (
 {{- '<|im_start|>assistant\n' + content }}
 {%- endif %}
 """
-    + _TOOL_CALLS
+    + _CHATML_TURN_END
     + r"""
-{{- '<|im_end|>\n' }}
-{%- elif message.role == 'tool' %}
-"""
-    + _tool_results("<|im_start|>user\\n", "<|im_end|>\\n")
-    + _UNKNOWN_ROLE
-    + r"""
-{%- endif %}
-{%- endfor %}
 {%- if add_generation_prompt %}
 {{- '<|im_start|>assistant\n' }}
 {%- if enable_thinking is defined and enable_thinking is false %}

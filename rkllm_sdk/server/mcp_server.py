@@ -857,10 +857,21 @@ def _engine_error(exc: Exception, name: str) -> types.CallToolResult:
     if isinstance(exc, ModelNotFoundError):
         data["path"] = "model"
     elif isinstance(exc, RequestError):
-        data["path"] = exc.field
+        data["path"] = _argument(name, exc.field)
     else:  # a template that cannot render these messages
         data["path"] = "messages"
     return _error(INVALID_PARAMS, str(exc), data)
+
+
+def _argument(tool: str, field: str) -> str:
+    """The ``generate`` / ``chat`` argument holding the engine's request field ``field``:
+    ``temperature`` is ``sampling.temperature``; generate's ``messages`` and ``raw_prompt``
+    are its ``prompt``."""
+    if field in _SAMPLING["properties"]:
+        return f"sampling.{field}"
+    if tool == "generate" and field in ("messages", "raw_prompt"):
+        return "prompt"
+    return field
 
 
 def _done_json(done: ChatDone) -> dict[str, Any]:

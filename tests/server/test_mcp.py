@@ -441,6 +441,28 @@ async def test_bad_arguments_are_error_results_not_crashes(face: McpFace, era: s
             assert structured(await client.call_tool("stats", {}))["handles"] == 0
 
 
+async def test_engine_errors_name_the_tools_own_arguments(face: McpFace, era: str) -> None:
+    """An error the engine finds names the field by the tool's argument, not the engine's:
+    a sampling value is sampling.NAME, a generate prompt too long for the context is prompt
+    (it was temperature / seed and messages, which generate does not have)."""
+    with anyio.fail_after(DEADLINE_S):
+        async with Client(face.mcp, mode=era) as client:
+            cold = {"model": "m", "prompt": "x", "sampling": {"temperature": -1}}
+            temperature = failure(await client.call_tool("generate", cold))
+            seeded = {"model": "m", "prompt": "x", "sampling": {"seed": 1, "top_k": 5}}
+            seed = failure(await client.call_tool("generate", seeded))
+            long = {"model": "m", "prompt": "word " * 3000}
+            context = failure(await client.call_tool("generate", long))
+            raw = failure(await client.call_tool("generate", {**long, "raw": True}))
+            chat = {"model": "m", "messages": [{"role": "user", "content": long["prompt"]}]}
+            conversation = failure(await client.call_tool("chat", chat))
+    assert temperature["code"] == seed["code"] == context["code"] == -32602
+    assert temperature["data"]["path"] == "sampling.temperature"
+    assert seed["data"]["path"] == "sampling.seed"
+    assert context["data"]["path"] == raw["data"]["path"] == "prompt"
+    assert conversation["data"]["path"] == "messages"
+
+
 async def test_handles_die_with_the_connection(
     face: McpFace, era: str, server: Server, abi: str
 ) -> None:

@@ -12,10 +12,16 @@ share its handles, limits and counters.
   ``rkllm_result`` as soon as it is produced, the reply the last event, ``response``;
   pings keep the stream alive; a client that disconnects has its requests cancelled (runs
   aborted on the NPU). A body of notifications only gets ``204 No Content`` either way.
-- ``/ws``: JSON-RPC text frames both ways (notifications pushed as frames); the connection
-  owns its handles like a TCP connection does.
-- ``GET /health``: ``200 {"status": "ok", ...}``, never behind the key.
-- ``GET /metrics``: Prometheus text: the SDK's handle metrics and the server's own.
+- ``/ws``: JSON-RPC text frames both ways (notifications pushed as frames, without
+  permessage-deflate); the connection owns its handles like a TCP connection does.
+- ``GET /health``: ``200 {"status": "ok", "handles": n, "runs": n, ...}`` (the faces' fields
+  too), never behind the key; 503 ``"draining"`` after SIGTERM, ``"loading"`` while a
+  face is not ready (the only named model loading).
+- ``GET /metrics``: Prometheus text: the SDK's handle metrics, the server's own and the
+  faces'.
+
+Other faces (MCP, the OpenAI and Ollama APIs) mount their routes, lifespans, metrics and
+health parts on the same port with :meth:`HttpFace.add`.
 
 With an API key, every route but ``/health`` wants ``Authorization: Bearer <key>`` (the
 WebSocket handshake too), compared in constant time; 401 otherwise. Handles created over
@@ -148,17 +154,15 @@ class HttpFace:
         if health is not None:
             self.health_parts.append(health)
 
-    def authorized(self, headers: Any) -> bool:
-        """Whether ``headers`` carry the API key (always, when there is none)."""
-        return self._authorized(headers)
-
     def _log(self, line: str) -> None:
         if self.log is not None:
             self.log(line)
 
     # -- auth ---------------------------------------------------------------------------
 
-    def _authorized(self, headers: Any) -> bool:
+    def authorized(self, headers: Any) -> bool:
+        """Whether ``headers`` carry the API key (always, when there is none); the other
+        faces mounted here (:meth:`add`) check with it too."""
         if self.config.api_key is None:
             return True
         scheme, _, token = str(headers.get("authorization", "")).partition(" ")
@@ -193,7 +197,7 @@ class HttpFace:
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: the Prometheus text exposition (behind the key)."""
-        if not self._authorized(request.headers):
+        if not self.authorized(request.headers):
             return self._refuse("GET /metrics")
         # The SDK's per-model series, then the proxy's own (rkllm_proxy_*): no name clashes.
         parts = [metrics.render_prometheus(), self.server.prometheus_text()]
@@ -220,7 +224,7 @@ class HttpFace:
 
     async def rpc(self, request: Request) -> Response:
         """``POST /rpc``: buffered JSON, or SSE with ``Accept: text/event-stream``."""
-        if not self._authorized(request.headers):
+        if not self.authorized(request.headers):
             return self._refuse("POST /rpc")
         try:
             key = self.sessions.key(self.config.api_key, request.headers.get(SESSION_HEADER))
@@ -314,7 +318,7 @@ class HttpFace:
 
     async def websocket(self, ws: WebSocket) -> None:
         """``/ws``: one JSON-RPC client; its handles die with the socket."""
-        if not self._authorized(ws.headers):
+        if not self.authorized(ws.headers):
             with contextlib.suppress(RuntimeError):
                 await ws.send_denial_response(self._refuse("GET /ws"))
             return

@@ -27,7 +27,7 @@ class ModelCounters:
         queued: requests waiting for their turn now.
         running: requests holding the model now (0 or 1; loading included).
         requests: requests that got their turn.
-        rejected: requests refused with QueueFullError.
+        rejected: requests refused at once: QueueFullError (its DrainingError included).
         prompt_tokens: prompt tokens of the requests (engine).
         generated_tokens: tokens generated (engine).
         prefill_tokens_saved: prompt tokens not prefilled thanks to KV-cache reuse (engine).
@@ -59,7 +59,7 @@ _FAMILIES: tuple[tuple[str, str, str, Callable[[ModelCounters, bool], float]], .
     ("requests", "Requests served (given their turn).", "counter", lambda c, _: c.requests),
     (
         "rejected_requests",
-        "Requests refused because the queue was full.",
+        "Requests refused at once (the queue full, or the server draining).",
         "counter",
         lambda c, _: c.rejected,
     ),

@@ -206,7 +206,8 @@ async def _serve(
     faces = None
     if args.http or args.mcp_stdio:
         faces = _faces(server, args, specs)
-    http: list[tuple[Any, socket.socket]] = []
+    face: HttpFace | None = None  # one face for every --http address
+    socks: list[socket.socket] = []
     if args.http:
         from ..server.http import HttpConfig, HttpFace, bind  # noqa: PLC0415
 
@@ -223,12 +224,12 @@ async def _serve(
                 raise UsageError(f"--http {spec}: {exc.strerror}") from None
             auth = "API key required" if key else "no authentication"
             _log(f"listening on http {host}:{sock.getsockname()[1]} ({', '.join(paths)}; {auth})")
-            http.append((face, sock))
+            socks.append(sock)
     listeners = await _listeners(args)  # before any task group: a UsageError stays one
     async with contextlib.AsyncExitStack() as stack:
         if faces is not None:  # the keep-alive reaper; unloads every model on the way out
             await stack.enter_async_context(faces.catalog.lifespan())
-        await _serve_all(server, args, http, listeners, faces)
+        await _serve_all(server, args, face, socks, listeners, faces)
 
 
 async def _listeners(args: argparse.Namespace) -> list[anyio.abc.Listener[Any]]:
@@ -261,15 +262,18 @@ async def _listeners(args: argparse.Namespace) -> list[anyio.abc.Listener[Any]]:
 async def _serve_all(
     server: Server,
     args: argparse.Namespace,
-    http: list[tuple[Any, socket.socket]],
+    face: HttpFace | None,
+    socks: list[socket.socket],
     listeners: list[anyio.abc.Listener[Any]],
     faces: _Faces | None,
 ) -> None:
+    """Serve HTTP on ``socks``, every listener and stdio until cancelled (by a signal, or
+    by the end of a lone stdio client)."""
     async with anyio.create_task_group() as tg:
-        if http:
+        if face is not None:
             from ..server.http import serve_http  # noqa: PLC0415
 
-            tg.start_soon(serve_http, http[0][0], [sock for _, sock in http])
+            tg.start_soon(serve_http, face, socks)
         for listener in listeners:
             tg.start_soon(serve_listener, server, listener)
         if args.stdio or args.mcp_stdio:

@@ -449,8 +449,8 @@ def generate_request(body: Mapping[str, Any]) -> ChatRequest:
 
 
 def timestamp() -> str:
-    """Now, as Ollama writes ``created_at`` (UTC, ISO 8601, ``Z``)."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    """Now, as Ollama writes ``created_at`` (:func:`iso_time`)."""
+    return iso_time(datetime.now(UTC))
 
 
 def nanoseconds(ms: float) -> int:

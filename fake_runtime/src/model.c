@@ -27,6 +27,17 @@ static int parse_long(const char* v, long* out) {
     return 1;
 }
 
+/* A non-negative, finite number of milliseconds (fractions allowed). */
+static int parse_ms(const char* v, double* out) {
+    if (!v || !*v) return 0;
+    char* end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || !isfinite(x) || x < 0) return 0;
+    *out = x;
+    return 1;
+}
+
 int faults_parse(fake_faults* f, const char* text, char* err, size_t errcap) {
     char buf[512];
     if (strlen(text) >= sizeof buf) {
@@ -39,9 +50,12 @@ int faults_parse(fake_faults* f, const char* text, char* err, size_t errcap) {
         char* val = strchr(item, '=');
         if (val) *val++ = '\0';
         long x = 0;
+        double ms = 0;
         int have = val != NULL;
-        if (have && !parse_long(val, &x)) {
-            snprintf(err, errcap, "fault '%s': '%s' is not an integer", item, val);
+        int is_ms = strcmp(item, "slow_prefill_ms") == 0 || strcmp(item, "start_delay_ms") == 0;
+        if (have && !(is_ms ? parse_ms(val, &ms) : parse_long(val, &x))) {
+            snprintf(err, errcap, "fault '%s': '%s' is not %s", item, val,
+                     is_ms ? "a number of milliseconds >= 0" : "an integer");
             return -1;
         }
         if (strcmp(item, "init_fail") == 0) f->init_fail = have ? (int)x : -1;
@@ -49,8 +63,8 @@ int faults_parse(fake_faults* f, const char* text, char* err, size_t errcap) {
         else if (strcmp(item, "error_after") == 0 && have && x >= 0) f->error_after = x;
         else if (strcmp(item, "hang_after") == 0 && have && x >= 0) f->hang_after = x;
         else if (strcmp(item, "crash_after") == 0 && have && x >= 0) f->crash_after = x;
-        else if (strcmp(item, "slow_prefill_ms") == 0 && have && x >= 0) f->slow_prefill_ms = (double)x;
-        else if (strcmp(item, "start_delay_ms") == 0 && have && x >= 0) f->start_delay_ms = (double)x;
+        else if (strcmp(item, "slow_prefill_ms") == 0 && have) f->slow_prefill_ms = ms;
+        else if (strcmp(item, "start_delay_ms") == 0 && have) f->start_delay_ms = ms;
         else {
             snprintf(err, errcap,
                      "unknown or incomplete fault '%s' (known: init_fail[=CODE], run_fail[=CODE], "

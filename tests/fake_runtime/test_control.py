@@ -217,6 +217,15 @@ def test_slow_prefill_fault(drv: Driver, model: ModelFactory) -> None:
     assert perf["prefill_time_ms"] >= 59
 
 
+def test_millisecond_faults_take_fractions(drv: Driver, model: ModelFactory) -> None:
+    """slow_prefill_ms and start_delay_ms take fractional milliseconds, as testing.Faults
+    writes them (Faults(slow_prefill_ms=2.5) is "slow_prefill_ms=2.5"); rkllm_init refused
+    them as not integers."""
+    h = drv.init(model(faults="slow_prefill_ms=40.5,start_delay_ms=0.5"))
+    perf = h.run("x").terminal.items[0].perf
+    assert perf["prefill_time_ms"] >= 40
+
+
 def test_start_delay_fault_holds_the_run_back_so_an_early_abort_is_lost(
     drv: Driver, model: ModelFactory
 ) -> None:

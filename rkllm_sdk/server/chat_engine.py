@@ -197,26 +197,8 @@ class ChatEngine:
         llm, template = loaded.llm, loaded.template
         options = _run_options(llm, req)
         raw = req.raw_prompt is not None
-        notes: dict[int, str] = {}
-        if req.raw_prompt is not None:
-            prompt = req.raw_prompt
-            plan = self._plan(loaded, state, req, (), tools, prompt)
-        else:
-            volatile = split_volatile(self.volatile_patterns, req.messages)
-            if volatile is None:
-                messages: Sequence[Mapping[str, Any]] = req.messages
-            else:  # the notes this cache was built with, and the newest turn's
-                notes = dict(state.notes) if state.text is not None and self.reuse else {}
-                notes.setdefault(volatile.last_user, volatile.note)
-                messages = volatile.annotated(notes)
-            prompt = _render(template, req, messages, tools)
-            plan = self._plan(loaded, state, req, messages, tools, prompt)
-            fresh = {volatile.last_user: volatile.note} if volatile is not None else notes
-            if volatile is not None and plan.base_tokens == 0 and notes != fresh:
-                notes = fresh  # not a continuation: only the newest turn gets its note
-                messages = volatile.annotated(notes)
-                prompt = _render(template, req, messages, tools)
-                plan = self._plan(loaded, state, req, messages, tools, prompt)
+        plan, notes = self._render_and_plan(loaded, state, req, tools)
+        prompt = plan.prompt
         load_ms = float(loaded.load_ms) if loaded.uses == 1 else 0.0  # this request loaded it
         await apply_plan(llm, state, plan)
         if plan.save is not None:
@@ -235,6 +217,38 @@ class ChatEngine:
         return _Run(
             plan=plan, options=options, reply=reply, think=think, load_ms=load_ms, notes=notes
         )
+
+    def _render_and_plan(
+        self,
+        loaded: Loaded,
+        state: KVRecord,
+        req: ChatRequest,
+        tools: Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[ReusePlan, dict[int, str]]:
+        """The prompt's reuse plan, and the volatile notes its user turns carry (by index).
+
+        Volatile system lines go to the newest user turn; earlier turns keep the notes the
+        cache was built with, unless the cache is not continued anyway: then only the
+        newest turn gets its note."""
+        if req.raw_prompt is not None:
+            return self._plan(loaded, state, req, (), tools, req.raw_prompt), {}
+        volatile = split_volatile(self.volatile_patterns, req.messages)
+        if volatile is None:
+            prompt = _render(loaded.template, req, req.messages, tools)
+            return self._plan(loaded, state, req, req.messages, tools, prompt), {}
+
+        def planned(notes: Mapping[int, str]) -> ReusePlan:
+            messages = volatile.annotated(notes)
+            prompt = _render(loaded.template, req, messages, tools)
+            return self._plan(loaded, state, req, messages, tools, prompt)
+
+        fresh = {volatile.last_user: volatile.note}
+        notes = {**fresh, **state.notes} if state.text is not None and self.reuse else fresh
+        plan = planned(notes)
+        if plan.base_tokens == 0 and notes != fresh:  # not a continuation
+            notes = fresh
+            plan = planned(notes)
+        return plan, notes
 
     async def _finish(
         self,
@@ -367,10 +381,7 @@ class ChatEngine:
         """Continue the cache, or clear it (and load or save a prompt cache)."""
         if self.reuse and (plan := continuation(state, prompt)) is not None:
             return plan
-        clear = state.text != "" or state.tokens != 0
-        if not self.reuse:
-            return ReusePlan(prompt=prompt, send=prompt, base_text="", base_tokens=0, clear=clear)
-        cache = self._prefix_cache(loaded, req, messages, tools, prompt)
+        cache = self._prefix_cache(loaded, req, messages, tools, prompt) if self.reuse else None
         load = save = None
         if cache is not None:
             # A file this engine did not measure (an earlier process's, or one whose
@@ -384,11 +395,11 @@ class ChatEngine:
             send=prompt,
             base_text="",
             base_tokens=0,
-            clear=clear,
+            clear=state.text != "" or state.tokens != 0,
             load=load,
             save=save,
             # A loaded file this engine did not measure would leave the run unprovable.
-            release=state.prompt_cache not in self._prompt_cache_tokens,
+            release=self.reuse and state.prompt_cache not in self._prompt_cache_tokens,
         )
 
     def _prefix_cache(
@@ -400,14 +411,14 @@ class ChatEngine:
         prompt: str,
     ) -> Path | None:
         """The prompt-cache file for the prompt's system turn, if it is long enough."""
-        cache_dir: Path | None = getattr(self.catalog, "cache_dir", None)
+        cache_dir = self.catalog.cache_dir
         if cache_dir is None or req.raw_prompt is not None:
             return None
         head = _shared_prefix(loaded.template, req, messages, tools)
         if head is None or len(head) < self.prefix_min_chars or not prompt.startswith(head):
             return None
         try:
-            path = prompt_cache_path(Path(cache_dir), loaded.spec.name, loaded.spec.path, head)
+            path = prompt_cache_path(cache_dir, loaded.spec.name, loaded.spec.path, head)
         except OSError:  # a directory that cannot be made (read-only): no prompt caches
             return None
         # The runtime fails a run whose prompt cache it cannot write: not in such a place.

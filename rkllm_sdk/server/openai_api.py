@@ -446,10 +446,8 @@ class _OpenAIFace:
             name = self.engine.catalog.resolve(request.path_params["model"]).name
         except ModelNotFoundError as exc:
             return self._answer(request, error_from(exc).response())
-        infos = [i for i in self.engine.catalog.models() if i.name == name]
-        if not infos:
-            return self._answer(request, error_from(ModelNotFoundError(name)).response())
-        return self._answer(request, JSONResponse(self._model_object(infos[0])))
+        info = next(i for i in self.engine.catalog.models() if i.name == name)  # resolved
+        return self._answer(request, JSONResponse(self._model_object(info)))
 
     @staticmethod
     def _model_object(info: ModelInfo) -> dict[str, Any]:

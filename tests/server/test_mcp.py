@@ -27,7 +27,7 @@ from rkllm_sdk import __version__
 from rkllm_sdk.server import Server, mcp_server
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
-from rkllm_sdk.server.http import HttpConfig, HttpFace, bind, serve_http
+from rkllm_sdk.server.http import HttpConfig, HttpFace
 from rkllm_sdk.server.mcp_server import (
     CHAT_SCHEMA,
     GENERATE_SCHEMA,
@@ -40,7 +40,7 @@ from rkllm_sdk.server.registry import REGISTRY
 from rkllm_sdk.server.transports import FdReader
 from rkllm_sdk.testing import FakeModel
 
-from .conftest import DEADLINE_S, live_handles
+from .conftest import DEADLINE_S, live_handles, running
 
 pytestmark = pytest.mark.anyio
 
@@ -317,17 +317,11 @@ async def test_cancelling_a_run_aborts_it_and_frees_the_handle(
     is idle at once and serves the next run (stopped by the rkllm_abort tool while it
     streams); the connection's end destroys it."""
     baseline = live_handles(abi)
-    progress = Progress()
     with anyio.fail_after(DEADLINE_S):
         async with Client(face.mcp, mode=era) as client:
             handle = await load(client, "slow.json")
             args = {"handle": handle, "rkllm_input": PROMPT}
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    partial(client.call_tool, "rkllm_run", args, progress_callback=progress)
-                )
-                await progress.first.wait()
-                tg.cancel_scope.cancel()
+            await cancel_on_first_progress(client, "rkllm_run", args)
             await wait_for(lambda: server.sessions.runs == 0)
             running = await client.call_tool("rkllm_is_running", {"handle": handle})
             assert structured(running) == {"is_running": False}
@@ -350,16 +344,10 @@ async def test_cancelling_generate_leaves_the_model_usable(
     face: McpFace, era: str, server: Server
 ) -> None:
     """MCP cancellation of generate aborts its run; the next generate on the model works."""
-    progress = Progress()
     with anyio.fail_after(DEADLINE_S):
         async with Client(face.mcp, mode=era) as client:
             args = {"model": "slow", "prompt": "Go on", "max_new_tokens": 500}
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    partial(client.call_tool, "generate", args, progress_callback=progress)
-                )
-                await progress.first.wait()
-                tg.cancel_scope.cancel()
+            await cancel_on_first_progress(client, "generate", args)
             args["max_new_tokens"] = 2
             out = structured(await client.call_tool("generate", args))
     assert out["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 2
@@ -504,22 +492,12 @@ async def test_resources_models_metrics_openrpc(face: McpFace, era: str) -> None
 
 @asynccontextmanager
 async def http_mcp(face: McpFace, key: str | None = KEY) -> AsyncIterator[str]:
-    """``face`` mounted on an HTTP face (API key ``key``) served by uvicorn on 127.0.0.1;
-    the /mcp URL."""
+    """``face`` mounted on an HTTP face (API key ``key``) served on loopback
+    (:func:`~.conftest.running`); the /mcp URL."""
     http = HttpFace(face.server, HttpConfig(api_key=key, ping_s=1))
     face.mount(http)
-    sock = bind("127.0.0.1", 0)
-    ready = anyio.Event()
-
-    async def started() -> None:
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve_http, http, sock, started=started))
-        with anyio.fail_after(DEADLINE_S):
-            await ready.wait()
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-        tg.cancel_scope.cancel()
+    async with running(http) as address:
+        yield f"http://{address}/mcp"
 
 
 @asynccontextmanager

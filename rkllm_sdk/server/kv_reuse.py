@@ -82,6 +82,7 @@ class KVRecord:
         prompt_cache: the prompt-cache file loaded on the handle, if any.
         notes: volatile system lines moved into user turns, by message index (see
             :attr:`~.chat_engine.ChatEngine.volatile_patterns`), as the cache holds them.
+        lock: held by the request using the handle's cache (a chat run, embeddings).
     """
 
     text: str | None = None
@@ -157,7 +158,7 @@ def cache_views(full: str, reply_start: int, think: tuple[str, str] | None) -> t
             i = full.find(opened, reply_start)
         j = full.rfind(closed)
         if 0 <= i < j:
-            head, tail = full[:i], full[j + len(think[1]) :]
+            head, tail = full[:i], full[j + len(closed) :]
             for view in (head + tail, head + tail.lstrip("\n"), head + tail.lstrip()):
                 if view not in views:
                     views.append(view)
@@ -165,7 +166,8 @@ def cache_views(full: str, reply_start: int, think: tuple[str, str] | None) -> t
 
 
 async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
-    """Clear the handle's KV cache and load the plan's prompt cache, as the plan says.
+    """Ready the handle for ``plan``: clear its KV cache, release a loaded prompt cache the
+    plan does not load (always before loading another one), load the plan's.
 
     A prompt-cache file the runtime refuses (damaged, foreign) is deleted and the run
     prefills everything."""
@@ -173,10 +175,9 @@ async def apply_plan(llm: AsyncLLM, state: KVRecord, plan: ReusePlan) -> None:
         state.forget()
         await llm.clear_kv_cache()
         state.text = ""
-    if plan.release and state.prompt_cache != plan.load:
+    if (plan.release or plan.load is not None) and state.prompt_cache != plan.load:
         await release_prompt_cache(llm, state)
     if plan.load is not None and state.prompt_cache != plan.load:
-        await release_prompt_cache(llm, state)
         try:
             await llm.load_prompt_cache(plan.load)
         except RKLLMError:  # a damaged or foreign file: drop it, the run prefills all

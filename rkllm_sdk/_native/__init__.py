@@ -46,7 +46,7 @@ from .calls import (
     set_function_tools,
 )
 from .channel import Channel, Drained, bridge_live_objects, read_results
-from .fake import fake_last_input, fake_stats
+from .fake import fake_kv_text, fake_last_input, fake_stats
 from .handle import NativeHandle, destroy, init
 from .inputs import RunKeepalive, prepare_run
 from .params import default_params, merge_params
@@ -65,6 +65,7 @@ __all__ = [
     "default_params",
     "destroy",
     "embed_width",
+    "fake_kv_text",
     "fake_last_input",
     "fake_stats",
     "init",

@@ -34,7 +34,6 @@ import numpy as np
 
 from .. import _native as native
 from .._fake import demo_model_path
-from .._native.fake import fake_kv_text
 from ..lowlevel import native_handle
 
 if TYPE_CHECKING:
@@ -356,7 +355,7 @@ def kv_text(llm: AsyncLLM | LLM, batch: int = 0) -> str:
     >>> kv_text(llm)  # doctest: +SKIP
     '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\nHello...'
     """
-    return fake_kv_text(native_handle(llm), batch).decode("utf-8", "surrogateescape")
+    return native.fake_kv_text(native_handle(llm), batch).decode("utf-8", "surrogateescape")
 
 
 def assert_array_received(llm: AsyncLLM | LLM, *arrays: Any, kind: str | None = None) -> None:

@@ -31,7 +31,13 @@ __all__ = ["ReplyParser"]
 class ReplyParser:
     """One run's chunks -> deltas: think blocks, tool blocks, stop strings, a token limit.
 
-    ``raw`` keeps every chunk's text (what lands in the KV cache), shown or not.
+    Attributes:
+        content / reasoning / tool_calls: the reply so far (reasoning even when not shown).
+        tokens: tokens generated; shown_tokens: those up to where the reply ended.
+        finish: ``"stop"`` (a stop string) or ``"length"`` (the limit) once the reply has
+            ended there (the engine then pauses the run; ``pause_requested`` says it did).
+        complete: every generated token's text was delivered (none left pending at the end).
+        raw: every chunk's text, shown or not (what the KV cache holds).
     """
 
     def __init__(
@@ -68,14 +74,15 @@ class ReplyParser:
         self._untold = 0  # tokens shown but not yet counted by a delta (ChatDelta.tokens)
         self.finish: Literal["stop", "length"] | None = None
         self.pause_requested = False
-        #: Every generated token's text was delivered (none left pending at the end).
         self.complete = True
 
     @property
     def raw(self) -> str:
+        """Every chunk's text so far, shown or not."""
         return "".join(self.raw_parts)
 
     def feed(self, chunk: Chunk) -> list[ChatDelta]:
+        """The deltas ``chunk`` gives (none once the reply has ended)."""
         self.raw_parts.append(chunk.text)
         self.tokens += len(chunk.token_ids)
         if chunk.finish_reason is not None and chunk.token_ids:

@@ -1,4 +1,5 @@
-"""``rkllm serve``: the RKLLM runtime's functions as a JSON-RPC 2.0 proxy.
+"""``rkllm serve``: the RKLLM runtime's functions as a JSON-RPC 2.0 proxy, and named models
+behind MCP and the OpenAI and Ollama APIs.
 
 Built on the SDK's public API only (never cffi). Nothing imports this package when
 ``rkllm_sdk`` is imported.
@@ -13,11 +14,13 @@ Modules, one idea each:
   functions (LoRA, caches, templates, tools, cross attention); ``service``: the proxy's own
   methods.
 - ``jsonrpc``: JSON-RPC 2.0 and the dispatcher (:class:`Server`), no sockets.
-- ``outbox``: a connection's bounded outgoing queue, coalescing a slow client's results.
+- ``outbox``: a connection's bounded outgoing queue; a run's chunks that pile up while the
+  writer is busy leave as one notification.
 - ``connection``: one client, whatever carries it; cleanup when it leaves.
 - ``sessions``: handle ownership, limits, path confinement (:class:`ServerConfig`).
 - ``polling``: ``rkllm_run_async`` runs' bounded result buffers, read with a cursor; expiry.
-- ``transports``: stdio, TCP and Unix sockets (newline-delimited JSON, anyio).
+- ``transports``: stdio, TCP and Unix sockets (newline-delimited JSON, anyio); standard
+  input read by a daemon thread (``FdReader``, MCP's stdio too).
 - ``http``: ``POST /rpc`` (buffered or Server-Sent Events), ``/ws``, ``/health``,
   ``/metrics`` (Starlette on uvicorn, imported only when ``--http`` is given).
 - ``http_sessions``: handle ownership over HTTP (API key + ``X-RKLLM-Session``), idle expiry.

@@ -42,6 +42,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,20 +164,21 @@ class _EngineResponse(Response):
     model raises before it), so the headers wait for it. With ``stream`` each object is one
     NDJSON line, sent as soon as it is made; without it ``parts`` yields one object, the
     JSON body. A client that disconnects cancels the work: closing the engine's generator
-    aborts the run on the NPU.
+    aborts the run on the NPU. ``failed(exc, sent)`` logs a failure and gives its error
+    (``sent``: what the client got before it, if anything).
     """
 
     def __init__(
         self,
         parts: AsyncGenerator[dict[str, Any]],
         *,
-        model: str,
         stream: bool,
+        failed: Callable[[Exception, str], OllamaError],
     ):
         super().__init__()
         self.parts = parts
-        self.model = model
         self.stream = stream
+        self.failed = failed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
@@ -192,7 +194,7 @@ class _EngineResponse(Response):
         try:
             first = await anext(self.parts)
         except Exception as exc:
-            await _error_response(exc, self.model)(scope, _no_receive, send)
+            await self.failed(exc, "").response()(scope, _no_receive, send)
             return
         if not self.stream:
             async for _ in self.parts:  # the engine's run ends normally (frees the model)
@@ -208,17 +210,9 @@ class _EngineResponse(Response):
                     {"type": "http.response.body", "body": ndjson_line(obj), "more_body": True}
                 )
         except Exception as exc:  # after the headers: Ollama's in-stream error line
-            error = error_for(exc, self.model)
-            line = {"error": error.message if error else str(exc) or type(exc).__name__}
+            line = {"error": self.failed(exc, "200, then ").message}
             await send({"type": "http.response.body", "body": ndjson_line(line), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _error_response(exc: Exception, model: str) -> Response:
-    error = error_for(exc, model)
-    if error is None:  # a load that failed, a runtime error, a bug
-        error = OllamaError(500, str(exc) or type(exc).__name__)
-    return error.response()
 
 
 async def _no_receive() -> Message:  # pragma: no cover  # JSON responses never read
@@ -321,14 +315,21 @@ class _OllamaFace:
                 )
             try:
                 return await handler(request)
-            except OllamaError as exc:
-                self._note(f"ollama {where} {exc.status}: {exc.message}")
-                return exc.response()
             except Exception as exc:
-                self._note(f"ollama {where} 500: {exc!r}")
-                return _error_response(exc, "")
+                return self._failed(request, "", exc, "").response()
 
         return run
+
+    def _failed(self, request: Request, model: str, exc: Exception, sent: str) -> OllamaError:
+        """The error answered for ``exc`` (a 500 when it is a load that failed, a runtime
+        error, a bug), logged (``sent``: what the client got before it, if anything)."""
+        where = f"ollama {request.method} {request.url.path} {sent}"
+        error = error_for(exc, model)
+        if error is None:
+            self._note(f"{where}500: {exc!r}")
+            return OllamaError(500, str(exc) or type(exc).__name__)
+        self._note(f"{where}{error.status}: {error.message}")
+        return error
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await read_body(request, MAX_BODY_BYTES, OllamaError)
@@ -481,7 +482,9 @@ class _OllamaFace:
             return await self._load_or_unload(req, "message")
         stream = wants_stream(body)
         parts = _chat_parts(self.engine, req, stream)
-        return _EngineResponse(parts, model=req.model, stream=stream)
+        return _EngineResponse(
+            parts, stream=stream, failed=partial(self._failed, request, req.model)
+        )
 
     async def generate(self, request: Request) -> Response:
         """``POST /api/generate``."""
@@ -491,7 +494,9 @@ class _OllamaFace:
             return await self._load_or_unload(req, "response")
         stream = wants_stream(body)
         parts = _generate_parts(self.engine, req, stream)
-        return _EngineResponse(parts, model=req.model, stream=stream)
+        return _EngineResponse(
+            parts, stream=stream, failed=partial(self._failed, request, req.model)
+        )
 
     async def _embed(self, name: str, inputs: list[str], keep_alive: object) -> _EmbedResult:
         keep_alive_s = parse_keep_alive(keep_alive)

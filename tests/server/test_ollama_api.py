@@ -578,6 +578,36 @@ async def test_full_queue_is_503_at_once(model_files: dict[str, Path], abi: str)
 
 
 @pytest.mark.anyio
+async def test_refused_and_failed_runs_are_logged(model_files: dict[str, Path], abi: str) -> None:
+    """A chat or generate refused when its run starts (an unknown model: 404, a full queue:
+    503) or failing after its stream began leaves a log line, as every other refusal does."""
+    log: list[str] = []
+    async with serving(model_files, abi, max_queue=1, log=log) as served:
+        c = served.client()
+        with anyio.fail_after(DEADLINE_S), pytest.raises(ollama.ResponseError):
+            await c.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+        assert 'ollama POST /api/chat 404: model "nope" not found, try pulling it first' in log
+        async with anyio.create_task_group() as tg:
+            started = anyio.Event()
+            tg.start_soon(first_chunk, c, started)
+            with anyio.fail_after(DEADLINE_S):
+                await started.wait()
+            tg.start_soon(first_chunk, c, anyio.Event())  # waits in the queue
+            with anyio.fail_after(DEADLINE_S):
+                while served.catalog.counters(SLOW).queued < 1:  # noqa: ASYNC110  # no event
+                    await anyio.sleep(0.01)
+                with pytest.raises(ollama.ResponseError):
+                    await c.generate(model=SLOW, prompt="x")
+            tg.cancel_scope.cancel()
+        assert f"ollama POST /api/generate 503: {BUSY_MESSAGE}" in log
+        with anyio.fail_after(DEADLINE_S), pytest.raises(ollama.ResponseError):
+            async for _ in await c.generate(model=BROKEN, prompt="go", stream=True):
+                pass
+        failed = [line for line in log if line.startswith("ollama POST /api/generate 200, then")]
+        assert len(failed) == 1 and " 500: " in failed[0], log
+
+
+@pytest.mark.anyio
 async def test_client_gone_mid_stream_aborts_the_run(
     model_files: dict[str, Path], abi: str
 ) -> None:

@@ -2,13 +2,10 @@
  * rkllm_destroy, rkllm_run / rkllm_run_async (argument checks, then the job goes to the
  * handle's thread), rkllm_abort and rkllm_is_running. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fake.h"
@@ -341,16 +338,6 @@ static int start_job(fake_handle* h, const char* fn, run_call* call, RKLLMInput*
     return rc;
 }
 
-/* The start_delay_ms fault: the call takes that long before its run counts as running (an
- * rkllm_abort meanwhile finds the handle idle and does nothing). Not woken by an abort. */
-static void start_delay(const fake_handle* h) {
-    double ms = h->model.faults.start_delay_ms;
-    if (ms <= 0) return;
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(fmod(ms, 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static int submit(LLMHandle handle, RKLLMInput* input, RKLLMInferParam* infer, void* userdata, int wait) {
     const char* fn = wait ? "rkllm_run" : "rkllm_run_async";
     run_call call = {.id = (uintptr_t)handle, .h = NULL, .destroy = 0};
@@ -366,7 +353,9 @@ static int submit(LLMHandle handle, RKLLMInput* input, RKLLMInferParam* infer, v
         atomic_signal_fence(memory_order_seq_cst);
         const lora_entry* lora = NULL;
         rc = check_run(h, fn, input, infer, &lora);
-        if (rc == 0) start_delay(h);
+        /* The start_delay_ms fault: the run counts as running only after it, so an rkllm_abort
+         * meanwhile finds the handle idle and does nothing; no abort cuts the delay short. */
+        if (rc == 0) sleep_ms(h->model.faults.start_delay_ms);
         if (rc == 0) rc = start_job(h, fn, &call, input, infer, userdata, lora, wait);
         atomic_store(&call.h, NULL);
         atomic_signal_fence(memory_order_seq_cst);

@@ -39,6 +39,7 @@ uint64_t fnv1a(uint64_t h, const void* data, size_t n);
 uint64_t splitmix64(uint64_t* state);
 
 double now_ms(void); /* CLOCK_MONOTONIC, milliseconds */
+void sleep_ms(double ms); /* the whole time (signals resume it); nothing wakes it early */
 float vm_hwm_mb(void); /* the process's peak resident set (VmHWM), in MB */
 
 /* "X rkllm: message" on stderr, as the vendor's logger prints it; quiet with RKLLM_FAKE_QUIET=1. */

@@ -197,9 +197,9 @@ from rkllm_sdk.testing import FakeModel
 path = FakeModel().write(sys.argv[1])
 rng = random.Random(int(sys.argv[3]))
 for attempt in range(20):
-    threading.Timer(rng.random() * 0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
     llm = None
-    try:
+    try:  # the timer too: a short delay can fire before the next line runs
+        threading.Timer(rng.random() * 0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
         while True:
             llm = rk.LLM.load(path, runtime="fake", abi=sys.argv[2])
             llm.close()

@@ -15,7 +15,7 @@ the two:
    the same text with the latest reply's ``<think>`` block removed (chat templates drop past
    reasoning; the model keeps seeing its own, as a runtime chat session would).
 4. Otherwise the cache is cleared and everything is sent. If the text before the first
-   user message's own (system turn, tools, headers) is long
+   user message's content (system turn, tools, headers) is long
    (:attr:`ChatEngine.prefix_min_chars` characters or more), the first such run saves a
    prompt cache into ``CACHE_SUBDIR`` of the catalog's cache directory (bounded, least
    recently used deleted first) and later fresh runs load it: the runtime skips the
@@ -113,7 +113,8 @@ class ChatEngine:
         catalog: the named models (queueing, loading, counters, cache directory).
         reuse: False re-prefills every request from scratch (no continuation, no prompt
             caches): the baseline peers use, for benchmarks.
-        prefix_min_chars: a system turn at least this long gets a prompt cache.
+        prefix_min_chars: the text before the first user message's content (system turn,
+            tools, headers) gets a prompt cache when at least this long.
         prompt_cache_max_files / prompt_cache_max_bytes: the cache directory's bound (its
             ``*.prompt-cache`` files, least recently used deleted first).
         volatile_patterns: regular expressions for lines of the system message that change

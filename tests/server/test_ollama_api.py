@@ -556,6 +556,25 @@ async def first_chunk(c: ollama.AsyncClient, started: anyio.Event) -> None:
         started.set()
 
 
+async def start_endless_chat(tg: anyio.abc.TaskGroup, c: ollama.AsyncClient) -> None:
+    """Start a never-ending streamed chat on the slow model in ``tg``; return once it streams."""
+    started = anyio.Event()
+    tg.start_soon(first_chunk, c, started)
+    with anyio.fail_after(DEADLINE_S):
+        await started.wait()
+
+
+async def fill_the_queue(
+    tg: anyio.abc.TaskGroup, c: ollama.AsyncClient, catalog: ModelCatalog
+) -> None:
+    """Fill the slow model's queue (``max_queue=1``): one chat running, one waiting."""
+    await start_endless_chat(tg, c)
+    tg.start_soon(first_chunk, c, anyio.Event())  # waits in the queue
+    with anyio.fail_after(DEADLINE_S):
+        while catalog.counters(SLOW).queued < 1:  # noqa: ASYNC110  # no event
+            await anyio.sleep(0.01)
+
+
 @pytest.mark.anyio
 async def test_full_queue_is_503_at_once(model_files: dict[str, Path], abi: str) -> None:
     """With one run going and the queue (max_queue=1) holding another, a third request is
@@ -563,16 +582,9 @@ async def test_full_queue_is_503_at_once(model_files: dict[str, Path], abi: str)
     async with serving(model_files, abi, max_queue=1) as served:
         c = served.client()
         async with anyio.create_task_group() as tg:
-            started = anyio.Event()
-            tg.start_soon(first_chunk, c, started)
-            with anyio.fail_after(DEADLINE_S):
-                await started.wait()
-            tg.start_soon(first_chunk, c, anyio.Event())  # waits in the queue
-            with anyio.fail_after(DEADLINE_S):
-                while served.catalog.counters(SLOW).queued < 1:  # noqa: ASYNC110  # no event
-                    await anyio.sleep(0.01)
-                with pytest.raises(ollama.ResponseError) as caught:
-                    await c.chat(model=SLOW, messages=[{"role": "user", "content": "x"}])
+            await fill_the_queue(tg, c, served.catalog)
+            with anyio.fail_after(DEADLINE_S), pytest.raises(ollama.ResponseError) as caught:
+                await c.chat(model=SLOW, messages=[{"role": "user", "content": "x"}])
             assert caught.value.status_code == 503 and "server busy" in caught.value.error
             tg.cancel_scope.cancel()
 
@@ -588,16 +600,9 @@ async def test_refused_and_failed_runs_are_logged(model_files: dict[str, Path], 
             await c.chat(model="nope", messages=[{"role": "user", "content": "x"}])
         assert 'ollama POST /api/chat 404: model "nope" not found, try pulling it first' in log
         async with anyio.create_task_group() as tg:
-            started = anyio.Event()
-            tg.start_soon(first_chunk, c, started)
-            with anyio.fail_after(DEADLINE_S):
-                await started.wait()
-            tg.start_soon(first_chunk, c, anyio.Event())  # waits in the queue
-            with anyio.fail_after(DEADLINE_S):
-                while served.catalog.counters(SLOW).queued < 1:  # noqa: ASYNC110  # no event
-                    await anyio.sleep(0.01)
-                with pytest.raises(ollama.ResponseError):
-                    await c.generate(model=SLOW, prompt="x")
+            await fill_the_queue(tg, c, served.catalog)
+            with anyio.fail_after(DEADLINE_S), pytest.raises(ollama.ResponseError):
+                await c.generate(model=SLOW, prompt="x")
             tg.cancel_scope.cancel()
         assert f"ollama POST /api/generate 503: {BUSY_MESSAGE}" in log
         with anyio.fail_after(DEADLINE_S), pytest.raises(ollama.ResponseError):
@@ -616,10 +621,7 @@ async def test_client_gone_mid_stream_aborts_the_run(
     async with serving(model_files, abi, max_queue=1) as served:
         c = served.client()
         async with anyio.create_task_group() as tg:
-            started = anyio.Event()
-            tg.start_soon(first_chunk, c, started)
-            with anyio.fail_after(DEADLINE_S):
-                await started.wait()
+            await start_endless_chat(tg, c)
             tg.cancel_scope.cancel()  # closes the stream: the client disconnects
         with anyio.fail_after(DEADLINE_S):
             reply = await served.client().chat(

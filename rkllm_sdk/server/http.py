@@ -426,8 +426,10 @@ async def serve_http(
     """Serve ``face`` on ``sock`` (one or several listening sockets) with uvicorn in this
     event loop, until cancelled. Call it once per face: it enters the face's lifespans.
 
-    Cancellation stops uvicorn gracefully (listeners closed, connections ended, at most
-    3 s), then destroys the handles of every HTTP session.
+    The faces' lifespans (:meth:`HttpFace.add`) are entered before uvicorn starts. Cancellation
+    stops uvicorn gracefully (listeners closed, connections ended, at most 3 s), leaves the
+    lifespans, then destroys the handles of every HTTP session. uvicorn's own lifespan
+    protocol is off, and WebSocket frames go uncompressed (no permessage-deflate).
 
     Raises:
         RuntimeError: not on asyncio (uvicorn runs on asyncio only).

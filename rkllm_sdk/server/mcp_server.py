@@ -83,19 +83,21 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .. import metrics
 from ..errors import ERROR_CODES, BusyError, RKLLMError, jsonrpc_code
+from .catalog import ModelNotFoundError, QueueFullError
+from .chat_types import ChatDone, ChatRequest, RequestError
 from .http_sessions import SESSION_HEADER, SessionError
 from .jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Server
 from .outbox import Outbox, dumps
 from .registry import Peer
-from .schema import Schema, boolean, integer, number, obj, string
+from .schema import Schema, boolean, integer, number, obj, string, validate
 from .sessions import Sessions
+from .templates import TemplateError
 from .transports import FdReader
 from .wire import ParamsError
 
 if TYPE_CHECKING:
     from .catalog import ModelCatalog
     from .chat_engine import ChatEngine
-    from .chat_types import ChatDone, ChatRequest
     from .http import HttpFace
 
 __all__ = ["CHAT_TOOL", "GENERATE_TOOL", "McpFace", "tool_definitions", "tool_name"]
@@ -668,10 +670,6 @@ class McpFace:
     async def _chat_result(
         self, ctx: _Context, name: str, arguments: dict[str, Any]
     ) -> types.CallToolResult:
-        from .catalog import ModelNotFoundError, QueueFullError  # noqa: PLC0415
-        from .chat_types import ChatDone, RequestError  # noqa: PLC0415
-        from .templates import TemplateError  # noqa: PLC0415
-
         assert self.engine is not None
         try:
             request = _chat_request(name, arguments)
@@ -816,9 +814,6 @@ def _chat_request(name: str, arguments: dict[str, Any]) -> ChatRequest:
     Raises:
         ParamsError: an argument that does not fit the tool's schema (its path named).
     """
-    from .chat_types import ChatRequest  # noqa: PLC0415
-    from .schema import validate  # noqa: PLC0415
-
     args = validate(GENERATE_SCHEMA if name == "generate" else CHAT_SCHEMA, arguments, "")
     sampling = args.get("sampling", {})
     common: dict[str, Any] = {
@@ -845,9 +840,6 @@ def _chat_request(name: str, arguments: dict[str, Any]) -> ChatRequest:
 def _engine_error(exc: Exception, name: str) -> types.CallToolResult:
     """The error result of a ``generate`` / ``chat`` the engine refused or failed: the
     proxy's codes (-32602 naming the field, BusyError's code for a full queue)."""
-    from .catalog import ModelNotFoundError, QueueFullError  # noqa: PLC0415
-    from .chat_types import RequestError  # noqa: PLC0415
-
     data: dict[str, Any] = {"type": type(exc).__name__, "function": name}
     if isinstance(exc, RKLLMError):
         return _error(jsonrpc_code(exc), str(exc), {**data, "code": exc.code})

@@ -175,7 +175,7 @@ def _faces(server: Server, args: argparse.Namespace, specs: list[ModelSpec]) -> 
         max_loaded=args.max_loaded,
         max_queue=args.max_queue,
         keep_alive_s=args.keep_alive,
-        cache_dir=config.cache_dir,
+        cache_dir=config.prompt_cache_dir,  # --cache-dir, else the models directory
         log=_log,
     )
     engine = ChatEngine(catalog)

@@ -52,7 +52,8 @@ class ServerConfig:
         max_queued_runs: runs waiting or running per handle; one more gets BusyError.
         max_connections: clients at once; one more is told so and closed.
         max_inflight: requests one connection may have in progress (reading pauses).
-        outbox_size: messages queued for a slow client before run results coalesce.
+        outbox_size: messages a connection queues for its client; a run's results merge into
+            its queued result meanwhile, so the queue stays bounded whatever the client reads.
         drain_timeout_s: how long SIGTERM waits for runs to finish.
         run_expiry_s: an async run whose results are not fetched this long is aborted
             and forgotten.

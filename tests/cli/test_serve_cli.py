@@ -400,3 +400,35 @@ def test_sigterm_lets_a_streaming_chat_finish_and_refuses_new_ones(
             if proc.poll() is None:  # a failed assertion: do not wait forever
                 proc.kill()
     assert proc.returncode == 0
+
+
+def test_prompt_caches_default_to_the_models_dir(abi: str, tmp_path: Path) -> None:
+    """Without --cache-dir, a long system prompt's prompt cache is saved under the models
+    directory (the documented default) and a new conversation with the same system prompt
+    reuses it (cached tokens); serve once passed no directory and cached nothing."""
+    models = tmp_path / "models"
+    models.mkdir()
+    FakeModel(replies={"Hello": "Hi!"}).write(models / "m.json")
+    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--http", "127.0.0.1:0"]
+    cmd += ["--runtime", "fake", "--abi", abi, "--models-dir", str(models)]
+    system = {"role": "system", "content": "You are a careful assistant. " * 20}
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env()) as proc:
+        try:
+            port = _listening_port(proc)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as c:
+                cached = []
+                for question in ("Hello", "Hello again"):
+                    body = {
+                        "model": "m",
+                        "messages": [system, {"role": "user", "content": question}],
+                    }
+                    usage = c.post("/v1/chat/completions", json=body).json()["usage"]
+                    cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+            assert cached[0] == 0 and cached[1] > 0, cached
+            assert list((models / "chat-prefix-cache").iterdir())
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:  # a failed assertion: do not wait forever
+                proc.kill()
+    assert proc.returncode == 0

@@ -59,7 +59,9 @@ CHECKPOINT_EVERY = 256
 #: How long closing a stream waits for the runtime to return after an abort before giving
 #: up on it (the channel is then leaked rather than freed under the runtime's feet).
 ABORT_GRACE_S = 30.0
-#: While closing, rkllm_abort is repeated this often until the run has ended.
+#: Once a stream stops its run (an abort, a stop string, closing), rkllm_abort is repeated
+#: this often until the run has ended: one that reached the runtime before the run had
+#: started was lost (docs/assumptions.md, S10).
 ABORT_RETRY_S = 0.02
 
 

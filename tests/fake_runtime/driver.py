@@ -58,6 +58,8 @@ SPECIALS = [
     b"<think>",
     b"</think>",
 ]
+#: Their ids (Qwen's) where the vocabulary has room for them.
+SPECIAL_IDS = dict(zip(SPECIALS, (151644, 151645, 151657, 151658, 151667, 151668), strict=True))
 _NONASCII_LEN = [3, 2, 4, 3, 5, 1, 3]
 
 
@@ -89,6 +91,17 @@ def reference_pieces(text: str | bytes) -> list[bytes]:
         out.append(data[pos : pos + n])
         pos += n
     return out
+
+
+def reference_token_id(piece: bytes, vocab: int) -> int:
+    """The fake's id of one tokenizer piece (fake_runtime/README.md), re-implemented
+    independently: a special piece's own id, else the piece's FNV-1a within the vocabulary
+    (above the 1000 ids reserved when it has more than 2000)."""
+    special = SPECIAL_IDS.get(piece)
+    if special is not None and special < vocab:
+        return special
+    base = 1000 if vocab > 2000 else 0
+    return base + int(fnv1a(np.frombuffer(piece, np.uint8)), 16) % (vocab - base)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from .conftest import ModelFactory
-from .driver import Driver, Handle, reference_pieces
+from .driver import Driver, Handle, reference_pieces, reference_token_id
 from .test_kv_cache import clear
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -167,7 +167,7 @@ def test_prompt_cache_version_1_files_still_load(
     h.run("warm", keep_history=1)
     prefix = SYSTEM + turn("warm")
     n = h.last_input()["inputs"][0]["prefill_tokens"]
-    token_ids = [_token_id(piece, 4096) for piece in reference_pieces(prefix)]
+    token_ids = [reference_token_id(piece, 4096) for piece in reference_pieces(prefix)]
     assert len(token_ids) == n
     path = tmp_path / "v1.cache"
     path.write_bytes(b"RKFKPC01" + struct.pack(f"<I{n}i", n, *token_ids))
@@ -176,24 +176,6 @@ def test_prompt_cache_version_1_files_still_load(
     run = h.run("warm", keep_history=1)
     assert run.terminal.items[0].perf["prefill_tokens"] == 1
     assert h.kv_text() == (prefix + REPLY).encode()
-
-
-def _token_id(piece: bytes, vocab: int) -> int:
-    specials = {
-        b"<|im_start|>": 151644,
-        b"<|im_end|>": 151645,
-        b"<tool_call>": 151657,
-        b"</tool_call>": 151658,
-        b"<think>": 151667,
-        b"</think>": 151668,
-    }
-    if piece in specials and specials[piece] < vocab:
-        return specials[piece]
-    h = 0xCBF29CE484222325
-    for byte in piece:
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    base = 1000 if vocab > 2000 else 0
-    return base + h % (vocab - base)
 
 
 def test_token_and_embedding_inputs_show_placeholders(drv: Driver, model: ModelFactory) -> None:

@@ -38,7 +38,8 @@ The named-model APIs on the same HTTP port (``--http``):
   line; ``reply_parser``: a run's chunks as reasoning, content, tool calls, stops.
 - ``openai_api`` (+ ``openai_wire``): ``/v1/...``; ``ollama_api`` (+ ``ollama_wire``):
   ``/api/...`` (Home Assistant's Ollama integration).
-- ``mcp_server``: MCP (the official ``mcp`` package) at ``/mcp`` and on stdio.
+- ``mcp_server``: MCP (the official ``mcp`` package) at ``/mcp`` and on stdio;
+  ``mcp_tools``: its tools (definitions, calls through the registry or the engine).
 """
 
 from __future__ import annotations

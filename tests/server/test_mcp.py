@@ -28,13 +28,8 @@ from rkllm_sdk.server import Server, mcp_server
 from rkllm_sdk.server.catalog import ModelCatalog
 from rkllm_sdk.server.chat_engine import ChatEngine
 from rkllm_sdk.server.http import HttpConfig, HttpFace
-from rkllm_sdk.server.mcp_server import (
-    CHAT_SCHEMA,
-    GENERATE_SCHEMA,
-    McpFace,
-    _StdinLines,
-    tool_name,
-)
+from rkllm_sdk.server.mcp_server import McpFace, _StdinLines
+from rkllm_sdk.server.mcp_tools import CHAT_SCHEMA, GENERATE_SCHEMA, tool_name
 from rkllm_sdk.server.model_specs import ModelSpec, scan_models_dir
 from rkllm_sdk.server.registry import REGISTRY
 from rkllm_sdk.server.transports import FdReader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,6 +23,24 @@ from rkllm_sdk.server.transports import open_tcp, serve_listener
 from rkllm_sdk.testing import FakeModel
 
 DEADLINE_S = 10.0
+
+
+def serve_cmd(abi: str, models_dir: Path, *args: str) -> list[str]:
+    """The command line of ``rkllm serve`` on the fake runtime over ``models_dir``, then
+    ``args`` (its faces and options)."""
+    return [
+        sys.executable,
+        "-m",
+        "rkllm_sdk",
+        "serve",
+        "--runtime",
+        "fake",
+        "--abi",
+        abi,
+        "--models-dir",
+        str(models_dir),
+        *args,
+    ]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

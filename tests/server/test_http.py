@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from rkllm_sdk.cli.serve import check_binds
 from rkllm_sdk.server import Server
 from rkllm_sdk.server.http import HttpConfig, HttpFace, bind
 
-from .conftest import DEADLINE_S, live_handles, running, wait_until_idle
+from .conftest import DEADLINE_S, live_handles, running, serve_cmd, wait_until_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -262,22 +261,6 @@ async def test_metrics_parse_as_prometheus_text(base: str) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = list(text_string_to_metric_families(r.text))
     assert all(f.name for f in families)
-
-
-def serve_cmd(abi: str, models_dir: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "rkllm_sdk",
-        "serve",
-        "--runtime",
-        "fake",
-        "--abi",
-        abi,
-        "--models-dir",
-        str(models_dir),
-        *args,
-    ]
 
 
 def test_non_loopback_http_needs_a_key_or_insecure_no_auth(models_dir: Path, abi: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ from rkllm_sdk.server.registry import REGISTRY
 from rkllm_sdk.server.transports import FdReader
 from rkllm_sdk.testing import FakeModel
 
-from .conftest import DEADLINE_S, live_handles, running
+from .conftest import DEADLINE_S, live_handles, running, serve_cmd
 
 pytestmark = pytest.mark.anyio
 
@@ -707,20 +706,10 @@ async def test_stdio_spawned_rkllm_serve_mcp_stdio_does_it_all(
 ) -> None:
     """A desktop client's way: spawn ``rkllm serve --mcp-stdio``, then the common scenario
     (tools, streaming, raw tools, cancellation, errors)."""
+    command, *args = serve_cmd(abi, models_dir, "--mcp-stdio")
     params = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            "-m",
-            "rkllm_sdk",
-            "serve",
-            "--mcp-stdio",
-            "--runtime",
-            "fake",
-            "--abi",
-            abi,
-            "--models-dir",
-            str(models_dir),
-        ],
+        command=command,
+        args=args,
         env={**os.environ, "RKLLM_FAKE_QUIET": "1"},
     )
     with anyio.fail_after(3 * DEADLINE_S):

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,7 @@ from rkllm_sdk.server import Server
 from rkllm_sdk.server.outbox import Outbox
 from rkllm_sdk.server.transports import open_unix, serve_listener
 
-from .conftest import DEADLINE_S, LineClient, live_handles, wait_until_idle
+from .conftest import DEADLINE_S, LineClient, live_handles, serve_cmd, wait_until_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -125,19 +124,7 @@ def test_spawned_stdio_server_discovers_and_streams(models_dir: Path, abi: str) 
         },
     ]
     env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "rkllm_sdk",
-        "serve",
-        "--stdio",
-        "--runtime",
-        "fake",
-        "--abi",
-        abi,
-        "--models-dir",
-        str(models_dir),
-    ]
+    cmd = serve_cmd(abi, models_dir, "--stdio")
     with subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     ) as proc:
@@ -173,8 +160,7 @@ def test_sigterm_ends_stdio_while_its_client_is_connected_and_silent(
     """SIGTERM stops `rkllm serve --stdio` (exit 0) while its client keeps standard input
     open and sends nothing: the blocked read (a daemon thread) does not keep it alive."""
     env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
-    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--stdio", "--runtime", "fake"]
-    cmd += ["--abi", abi, "--models-dir", str(models_dir)]
+    cmd = serve_cmd(abi, models_dir, "--stdio")
     with subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     ) as proc:

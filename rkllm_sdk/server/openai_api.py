@@ -28,6 +28,7 @@ fields' are in :mod:`.openai_wire`):
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextlib
 import json
@@ -112,8 +113,10 @@ def _tool_call_out(call: ToolCall, call_id: str, index: int | None = None) -> di
     return out if index is None else {"index": index, **out}
 
 
-class _Answer:
-    """Engine events -> OpenAI objects, for one response (its id, time, model)."""
+class _Answer(abc.ABC):
+    """Engine events -> OpenAI objects, for one response (its id, time, model).
+
+    Abstract: :class:`_ChatAnswer` and :class:`_CompletionAnswer` give the shapes."""
 
     prefix = ""
     kind = ""
@@ -133,9 +136,9 @@ class _Answer:
         """The chunks sent before any event."""
         return []
 
+    @abc.abstractmethod
     def delta(self, event: ChatDelta) -> list[dict[str, Any]]:
         """The chunks of one delta."""
-        raise NotImplementedError
 
     def done(self, event: ChatDone) -> list[dict[str, Any]]:
         """The last chunks: the finish reason, then usage if asked for."""
@@ -146,12 +149,13 @@ class _Answer:
             else [last]
         )
 
+    @abc.abstractmethod
     def _finish(self, event: ChatDone) -> dict[str, Any]:
-        raise NotImplementedError
+        """The streamed chunk carrying the finish reason."""
 
+    @abc.abstractmethod
     def whole(self, event: ChatDone) -> dict[str, Any]:
         """The non-streamed response."""
-        raise NotImplementedError
 
 
 class _ChatAnswer(_Answer):

@@ -95,6 +95,18 @@ async def hold(
         await release.wait()
 
 
+async def use_until_closed(
+    catalog: ModelCatalog, name: str, label: str, order: list[str], errors: list[BaseException]
+) -> None:
+    """Use ``name``, recording ``label`` in ``order`` on entry; a ClosedError goes to
+    ``errors``."""
+    try:
+        async with catalog.use(name):
+            order.append(label)
+    except ClosedError as exc:
+        errors.append(exc)
+
+
 # ---- parse_model_option -------------------------------------------------------------------
 
 
@@ -863,19 +875,12 @@ async def test_closing_fails_a_swap_waiting_for_a_busy_model(
     errors: list[BaseException] = []
     release = anyio.Event()
 
-    async def swapper() -> None:
-        try:
-            async with catalog.use("b"):
-                order.append("b")
-        except ClosedError as exc:
-            errors.append(exc)
-
     with anyio.fail_after(DEADLINE_S):
         async with anyio.create_task_group() as tg:
             async with catalog.lifespan():
                 tg.start_soon(hold, catalog, "a", "a", order, release)
                 await wait_for(lambda: order == ["a"])
-                tg.start_soon(swapper)
+                tg.start_soon(use_until_closed, catalog, "b", "b", order, errors)
                 await wait_for(lambda: catalog.counters("b").running == 1)
                 await settle()
             await wait_for(lambda: len(errors) == 1)
@@ -895,13 +900,6 @@ async def test_lifespan_exit_unloads_everything(specs: dict[str, ModelSpec], abi
     errors: list[BaseException] = []
     release = anyio.Event()
 
-    async def waiter() -> None:
-        try:
-            async with catalog.use("a"):
-                order.append("waiter")
-        except ClosedError as exc:
-            errors.append(exc)
-
     with anyio.fail_after(DEADLINE_S):
         async with anyio.create_task_group() as tg:
             async with catalog.lifespan():
@@ -909,7 +907,7 @@ async def test_lifespan_exit_unloads_everything(specs: dict[str, ModelSpec], abi
                     pass
                 tg.start_soon(hold, catalog, "a", "held", order, release)
                 await wait_for(lambda: order == ["held"])
-                tg.start_soon(waiter)
+                tg.start_soon(use_until_closed, catalog, "a", "waiter", order, errors)
                 await wait_for(lambda: catalog.counters("a").queued == 1)
                 assert live_handles(abi) == baseline + 2
             assert live_handles(abi) == baseline

@@ -95,6 +95,19 @@ async def hold(
         await release.wait()
 
 
+async def hold_in(
+    scope: anyio.CancelScope,
+    catalog: ModelCatalog,
+    name: str,
+    label: str,
+    order: list[str],
+    release: anyio.Event,
+) -> None:
+    """hold() inside ``scope``, so the test can cancel this one request."""
+    with scope:
+        await hold(catalog, name, label, order, release)
+
+
 async def use_until_closed(
     catalog: ModelCatalog, name: str, label: str, order: list[str], errors: list[BaseException]
 ) -> None:
@@ -402,16 +415,12 @@ async def test_a_request_cancelled_while_waiting_leaves_the_queue(
     order: list[str] = []
     release = anyio.Event()
 
-    async def cancellable(scope: anyio.CancelScope) -> None:
-        with scope:
-            await hold(catalog, "a", "cancelled", order, release)
-
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan(), anyio.create_task_group() as tg:
             tg.start_soon(hold, catalog, "a", "held", order, release)
             await wait_for(lambda: order == ["held"])
             scope = anyio.CancelScope()
-            tg.start_soon(cancellable, scope)
+            tg.start_soon(hold_in, scope, catalog, "a", "cancelled", order, release)
             await wait_for(lambda: catalog.counters("a").queued == 1)
             scope.cancel()
             await wait_for(lambda: catalog.counters("a").queued == 0)
@@ -432,16 +441,12 @@ async def test_a_cancellation_racing_the_hand_over_passes_the_turn_on(
     order: list[str] = []
     release, later = anyio.Event(), anyio.Event()
 
-    async def cancellable(scope: anyio.CancelScope) -> None:
-        with scope:
-            await hold(catalog, "a", "cancelled", order, later)
-
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan(), anyio.create_task_group() as tg:
             tg.start_soon(hold, catalog, "a", "held", order, release)
             await wait_for(lambda: order == ["held"])
             scope = anyio.CancelScope()
-            tg.start_soon(cancellable, scope)
+            tg.start_soon(hold_in, scope, catalog, "a", "cancelled", order, later)
             await wait_for(lambda: catalog.counters("a").queued == 1)
             tg.start_soon(hold, catalog, "a", "next", order, later)
             await wait_for(lambda: catalog.counters("a").queued == 2)
@@ -975,16 +980,12 @@ async def test_wait_idle_times_out_and_sees_a_waiter_leave(
     order: list[str] = []
     release = anyio.Event()
 
-    async def cancellable(scope: anyio.CancelScope) -> None:
-        with scope:
-            await hold(catalog, "a", "cancelled", order, release)
-
     with anyio.fail_after(DEADLINE_S):
         async with catalog.lifespan(), anyio.create_task_group() as tg:
             tg.start_soon(hold, catalog, "a", "held", order, release)
             await wait_for(lambda: order == ["held"])
             scope = anyio.CancelScope()
-            tg.start_soon(cancellable, scope)
+            tg.start_soon(hold_in, scope, catalog, "a", "cancelled", order, release)
             await wait_for(lambda: catalog.counters("a").queued == 1)
             catalog.draining = True
             started = time.monotonic()

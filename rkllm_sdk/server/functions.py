@@ -166,16 +166,16 @@ def _prepare(call: Call, params: dict[str, Any]) -> _Prepared:
     )
 
 
-def _note(chunk: Chunk, batched: bool) -> dict[str, Any] | None:
-    """A chunk as a result (a notification's params), or None when it holds nothing."""
+def _note(chunk: Chunk, batched: bool, note: dict[str, Any]) -> dict[str, Any] | None:
+    """A chunk as a result (a notification's params) filled into ``note`` (empty, or a fresh
+    ``{"id": ...}`` for a notification: no copy per token to add it), or None when the chunk
+    holds nothing."""
     if not chunk.text and not chunk.token_ids:
         return None
-    note: dict[str, Any] = {
-        "state": "RKLLM_RUN_NORMAL",
-        "text": chunk.text,
-        "token_id": chunk.token_ids[-1] if chunk.token_ids else None,
-        "token_ids": list(chunk.token_ids),
-    }
+    note["state"] = "RKLLM_RUN_NORMAL"
+    note["text"] = chunk.text
+    note["token_id"] = chunk.token_ids[-1] if chunk.token_ids else None
+    note["token_ids"] = list(chunk.token_ids)
     if batched:
         note["batch"] = chunk.batch
     return note
@@ -215,7 +215,7 @@ async def rkllm_run(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             return await _arrays(run.entry.llm, run.prompt, run.mode, run.options)
         async with run.entry.llm.stream(run.prompt, **run.options) as s:
             async for chunk in s:
-                note = _note(chunk, run.batched)
+                note = _note(chunk, run.batched, {"id": call.request_id})
                 if note is not None:
                     call.notify_result(note)
     return _final(call, s, run.batched)
@@ -265,7 +265,7 @@ async def _pump(s: TokenStream, buffer: Run, batched: bool) -> bool:
     if buffer.aborted:
         return False
     async for chunk in s:
-        note = _note(chunk, batched)
+        note = _note(chunk, batched, {})
         if note is not None and not await buffer.put(note):
             return False
     return True

@@ -48,9 +48,10 @@ class Call:
     silent: bool = False  # a notification: no response, no results either
 
     def notify_result(self, params: dict[str, Any]) -> None:
-        """Send a ``rkllm_result`` notification of this call (``seq`` is added on sending)."""
+        """Send a ``rkllm_result`` notification of this call: ``params`` start with its
+        ``"id"`` (built so, not copied here once per token); ``seq`` is added on sending."""
         if not self.silent:
-            self.connection.outbox.put_result(self, {"id": self.request_id, **params})
+            self.connection.outbox.put_result(self, params)
 
 
 Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]

@@ -34,12 +34,17 @@ def _count(hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a positive number of seconds."""
+def _number(text: str) -> float:
+    """``text`` as a float, or the "not a number" error the argparse types below give."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    value = _number(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
     return value
@@ -47,10 +52,7 @@ def _seconds(text: str) -> float:
 
 def _keep_alive(text: str) -> float:
     """An argparse type: seconds a model stays loaded when idle (-1 forever, 0 unload)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if value != -1 and not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be -1 (forever) or seconds >= 0: {text}")
     return value

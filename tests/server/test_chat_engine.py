@@ -110,6 +110,15 @@ class Harness:
         assert done2.cached_tokens > 0
         assert cache == state.text == await self.render(*second) + done2.content
 
+    async def assert_prefilled_in_full(self, *messages: Mapping[str, Any]) -> None:
+        """A request for ``messages`` that reuses nothing: the whole rendered conversation is
+        sent, no token is cached, and the cache then holds it and the reply."""
+        done = await self.done(*messages)
+        state, cache, run = await self.record()
+        full = await self.render(*messages)
+        assert run.input.text == full and done.cached_tokens == 0
+        assert cache == state.text == full + done.content
+
 
 @asynccontextmanager
 async def harness(
@@ -771,12 +780,7 @@ async def test_edited_history_is_not_reused(tmp_path: Path, abi: str) -> None:
         done1 = await h.done(*first)
         edited = {"role": "assistant", "content": "(edited) " + done1.content}
         second = [*first, edited, user("Go on")]
-        done2 = await h.done(*second)
-        state, cache, run = await h.record()
-        full2 = await h.render(*second)
-        assert run.input.text == full2
-        assert cache == state.text == full2 + done2.content
-        assert done2.cached_tokens == 0
+        await h.assert_prefilled_in_full(*second)
 
 
 async def test_abort_mid_stream_then_a_full_prefill(tmp_path: Path, abi: str) -> None:
@@ -824,11 +828,7 @@ async def test_two_requests_at_once_then_each_continues_only_its_own(
         state, cache, _ = await h.record()
         assert cache == state.text == await h.render(*b) + dones["b"].content
         follow = [*a, assistant(dones["a"]), user("More")]
-        done = await h.done(*follow)
-        state, cache, run_input = await h.record()
-        full = await h.render(*follow)
-        assert run_input.input.text == full and done.cached_tokens == 0
-        assert cache == state.text == full + done.content
+        await h.assert_prefilled_in_full(*follow)
 
 
 async def test_a_swap_and_back_forgets_the_cache(tmp_path: Path, abi: str) -> None:
@@ -851,11 +851,7 @@ async def test_a_swap_and_back_forgets_the_cache(tmp_path: Path, abi: str) -> No
             ) as it:
                 assert isinstance([item async for item in it][-1], ChatDone)
         second = [*first, assistant(done1), user("More")]
-        done2 = await h.done(*second)
-        state, cache, run = await h.record()
-        full = await h.render(*second)
-        assert run.input.text == full and done2.cached_tokens == 0
-        assert cache == state.text == full + done2.content
+        await h.assert_prefilled_in_full(*second)
 
 
 async def test_closing_the_catalog_ends_running_and_waiting_chats(tmp_path: Path, abi: str) -> None:

@@ -95,8 +95,9 @@ class Outbox:
         self._wake()
 
     def put_result(self, run: object, params: dict[str, Any]) -> None:
-        """Queue a ``rkllm_result`` notification of ``run``; merge it when the queue is full
-        (with ``coalesce``: whenever a result of the same run and batch entry is queued)."""
+        """Queue a ``rkllm_result`` notification of ``run`` (the queue takes ``params`` over);
+        merge it when the queue is full (with ``coalesce``: whenever a result of the same run
+        and batch entry is queued)."""
         batch = params.get("batch")
         key = run if batch is None else (run, batch)
         latest = self._latest.get(key)
@@ -133,5 +134,8 @@ class Outbox:
         run = item.run
         seq = self._seq.get(run, 0)
         self._seq[run] = seq + 1
-        params = {**item.params, "text": "".join(item.texts), "seq": seq}
+        # The queue owns params (merging already changed them): finished in place, not copied.
+        params = item.params
+        params["text"] = "".join(item.texts)
+        params["seq"] = seq
         return dumps({"jsonrpc": "2.0", "method": "rkllm_result", "params": params})

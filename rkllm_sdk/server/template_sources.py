@@ -78,6 +78,20 @@ _CHATML_SYSTEM = (
 """
 )
 
+#: The start of ChatML's turn loop, up to an assistant turn's content: the first system
+#: message skipped (the header has it), user and other system turns written whole.
+_CHATML_TURN_START = (
+    r"""
+{%- for message in messages %}
+"""
+    + _CONTENT
+    + r"""
+{%- if message.role == 'system' and loop.first %}
+{%- elif message.role == 'user' or message.role == 'system' %}
+{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+{%- elif message.role == 'assistant' %}"""
+)
+
 #: The end of ChatML's turn loop, after an assistant turn's content: its calls, the tool
 #: results, an unknown role refused.
 _CHATML_TURN_END = (
@@ -123,15 +137,8 @@ def _chatml(default_system: str | None) -> str:
         )
     return (
         header
+        + _CHATML_TURN_START
         + r"""
-{%- for message in messages %}
-"""
-        + _CONTENT
-        + r"""
-{%- if message.role == 'system' and loop.first %}
-{%- elif message.role == 'user' or message.role == 'system' %}
-{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
-{%- elif message.role == 'assistant' %}
 {{- '<|im_start|>assistant\n' + content }}
 """
         + _CHATML_TURN_END
@@ -154,15 +161,9 @@ QWEN3 = (
 {%- set ns.seeking = false %}
 {%- set ns.last_query = (messages | length) - loop.index %}
 {%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-"""
-    + _CONTENT
+{%- endfor %}"""
+    + _CHATML_TURN_START
     + r"""
-{%- if message.role == 'system' and loop.first %}
-{%- elif message.role == 'user' or message.role == 'system' %}
-{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
-{%- elif message.role == 'assistant' %}
 {%- set reasoning = message.reasoning_content if message.reasoning_content is string else '' %}
 {%- if message.reasoning_content is not string and '</think>' in content %}
 {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}

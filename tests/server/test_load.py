@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from rkllm_sdk.server import Connection, Server, ServerConfig
 from rkllm_sdk.server.transports import open_tcp, open_unix, serve_listener
 from rkllm_sdk.testing import FakeModel
 
-from .conftest import DEADLINE_S, LineClient, live_handles, wait_until_idle
+from .conftest import DEADLINE_S, LineClient, live_handles, serve_cmd, wait_until_idle
 
 pytestmark = pytest.mark.anyio
 
@@ -227,8 +226,7 @@ async def test_cancelling_a_listener_with_clients_reading_is_clean(
 def test_sigterm_drains_the_run_then_exits_0(models_dir: Path, abi: str) -> None:
     """SIGTERM lets a streaming run finish (its response arrives), then the process exits 0."""
     env = {**os.environ, "RKLLM_FAKE_QUIET": "1"}
-    cmd = [sys.executable, "-m", "rkllm_sdk", "serve", "--tcp", "127.0.0.1:0"]
-    cmd += ["--runtime", "fake", "--abi", abi, "--models-dir", str(models_dir)]
+    cmd = serve_cmd(abi, models_dir, "--tcp", "127.0.0.1:0")
     with subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env) as proc:
         try:
             assert proc.stderr

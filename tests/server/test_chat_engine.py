@@ -623,8 +623,9 @@ async def test_a_request_cancelled_while_its_prompt_cache_loads(tmp_path: Path, 
                 await anyio.sleep(DEADLINE_S)  # the request is cancelled here
 
             llm.load_prompt_cache = load_then_cancelled  # type: ignore[method-assign]
-        with anyio.move_on_after(0.3):
+        with anyio.move_on_after(0.3) as scope:
             await h.done(SYSTEM, user("What is the weather like?"))
+        assert scope.cancelled_caught  # cancelled where the patch waits, not finished
         del llm.load_prompt_cache
         await h.assert_continues(SHORT_SYSTEM)
 
@@ -647,8 +648,9 @@ async def test_a_request_cancelled_while_its_prompt_cache_is_released(
                 await release()
 
             llm.release_prompt_cache = cancelled_then_release  # type: ignore[method-assign]
-        with anyio.move_on_after(0.3):
+        with anyio.move_on_after(0.3) as scope:
             await h.engine.embed("m", ["a cat"])
+        assert scope.cancelled_caught  # cancelled where the patch waits, not finished
         del llm.release_prompt_cache
         await h.assert_continues(SHORT_SYSTEM)
 

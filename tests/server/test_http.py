@@ -124,7 +124,7 @@ async def test_handles_belong_to_their_session(base: str, abi: str, server: Serv
         handle = (await rpc(a, 1, "rkllm_init", param={"model_path": "m.json"}))["handle"]
         reply = (await b.post("/rpc", json=request(2, "rkllm_is_running", handle=handle))).json()
         assert reply["error"]["code"] == -32602 and reply["error"]["data"]["path"] == "handle"
-        assert (await rpc(a, 3, "rkllm_is_running", handle=handle)) is not None
+        assert (await rpc(a, 3, "rkllm_is_running", handle=handle)) == {"is_running": False}
         bad = await b.post("/rpc", json=request(4, "stats"), headers={"X-RKLLM-Session": "a b"})
         assert bad.status_code == 400
         await rpc(a, 5, "rkllm_destroy", handle=handle)

@@ -15,6 +15,7 @@ import anyio.to_thread
 import attrs
 
 from .. import Chunk, TokenStream, _native
+from ..arrays import FloatArray
 from ..errors import BusyError
 from ..llm import AsyncLLM
 from ..lowlevel import load_runtime
@@ -338,22 +339,17 @@ async def _arrays(
     keep = bool(options.get("keep_history", False))
     if mode is InferMode.GET_LOGITS:
         arr = await llm.logits(prompt, keep_history=keep)
-        return {
-            "state": "RKLLM_RUN_FINISH",
-            "logits": {
-                "logits": encode_array(arr),
-                "vocab_size": int(arr.shape[1]),
-                "num_tokens": int(arr.shape[0]),
-            },
-        }
+        return _array_answer("logits", "logits", "vocab_size", arr)
     arr = await llm.hidden_states(prompt, keep_history=keep)
+    return _array_answer("last_hidden_layer", "hidden_states", "embd_size", arr)
+
+
+def _array_answer(field: str, name: str, width: str, arr: FloatArray) -> dict[str, Any]:
+    """A finished array run's response: ``arr`` (tokens x width) under ``field`` as the C
+    struct has it (``name`` typed, ``width`` and ``num_tokens`` from its shape)."""
     return {
         "state": "RKLLM_RUN_FINISH",
-        "last_hidden_layer": {
-            "hidden_states": encode_array(arr),
-            "embd_size": int(arr.shape[1]),
-            "num_tokens": int(arr.shape[0]),
-        },
+        field: {name: encode_array(arr), width: int(arr.shape[1]), "num_tokens": int(arr.shape[0])},
     }
 
 

@@ -149,24 +149,19 @@ class ReplyParser:
         opened, closed = self._tags
         out = []
         while text:
+            # Inside a block the closing tag ends it, outside the opening tag starts one.
+            kind, tag = ("reasoning", closed) if self._in_think else ("content", opened)
+            i = text.find(tag)
+            if i < 0:
+                out.append((kind, text))
+                break
+            out.append((kind, text[:i]))
+            text = text[i + len(tag) :]
+            self._in_think = not self._in_think
             if self._in_think:
-                i = text.find(closed)
-                if i < 0:
-                    out.append(("reasoning", text))
-                    break
-                out.append(("reasoning", text[:i]))
-                text = text[i + len(closed) :]
-                self._in_think = False
-                self._lead = True
-            else:
-                i = text.find(opened)
-                if i < 0:
-                    out.append(("content", text))
-                    break
-                out.append(("content", text[:i]))
-                text = text[i + len(opened) :]
-                self._in_think = True
                 self._reasoning_lead = True
+            else:
+                self._lead = True
         return [(k, t) for k, t in out if t]
 
     def _scan(self, kind: str, text: str) -> list[ChatDelta]:

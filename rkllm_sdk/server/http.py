@@ -347,7 +347,8 @@ class HttpFace:
                 tg.cancel_scope.cancel()  # the client has gone: abort what it started
 
             await Connection(self.server).serve(frames(), send)
-        with contextlib.suppress(RuntimeError, OSError):
+        # The client may have closed first: closing again is then WebSocketDisconnect.
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await ws.close()
         self._log(f"ws closed after {time.perf_counter() - started:.1f}s")
 

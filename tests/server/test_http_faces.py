@@ -3,6 +3,8 @@ uvicorn, ``/metrics`` text and ``/health`` parts; real uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import websockets
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -79,3 +82,21 @@ async def test_added_routes_lifespan_metrics_and_health(server: Server) -> None:
                 {"loading": []},
             )
     assert events == ["entered", "left"]
+
+
+async def test_a_websocket_the_client_closes_ends_without_an_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WebSocket client that sends a request, reads the reply and closes leaves no error
+    in the server's log (closing an already closed socket raised out of the handler:
+    'Exception in ASGI application')."""
+    async with running(HttpFace(server, HttpConfig())) as where:
+        async with websockets.connect(f"ws://{where}/ws") as ws:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "stats"}))
+            assert json.loads(await ws.recv())["id"] == 1
+        with anyio.fail_after(DEADLINE_S):
+            while server.sessions.connections:  # noqa: ASYNC110  # polling a counter
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.05)  # the handler's last step, after the connection ends
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
